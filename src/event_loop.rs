@@ -1,0 +1,638 @@
+//! The loop core: ready queue, timers, I/O readiness and the run loop.
+//!
+//! One tokio current-thread runtime per loop, driven on the thread that runs
+//! the loop. While callbacks run the GIL is held and tokio is not involved at
+//! all; only when there is nothing to do does the loop release the GIL and
+//! park inside the runtime, waiting for the epoll set, a timer or a wake-up
+//! from another thread.
+
+use crate::clock;
+use crate::gil_cell::GilRefCell;
+use crate::handles::{check_callable, Handle, TimerHandle};
+use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
+use crate::pyhelpers;
+use crate::remote::Remote;
+use crate::timers::TimerHeap;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// While callbacks keep the ready queue busy, the epoll set is still checked at
+/// least this often (seconds), so I/O is never starved by a callback storm.
+const BUSY_IO_POLL_INTERVAL: f64 = 0.000_05;
+
+struct SharedEpoll(Arc<EpollFd>);
+impl AsRawFd for SharedEpoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Stats {
+    pub callbacks: u64,
+    pub iterations: u64,
+    pub timers_scheduled: u64,
+    pub io_events: u64,
+    pub longest_callback: f64,
+}
+
+struct LoopState {
+    ready: VecDeque<Py<Handle>>,
+    timers: TimerHeap,
+    poller: Poller,
+    stopping: bool,
+    running: bool,
+    closed: bool,
+    debug: bool,
+    slow_callback_duration: f64,
+    thread_id: Option<u64>,
+    last_io_poll: f64,
+    wakeup: Option<(OwnedFd, OwnedFd)>,
+    stats: Stats,
+}
+
+#[pyclass(module = "tokioloop._tokioloop", subclass, frozen, name = "CoreLoop")]
+pub struct CoreLoop {
+    state: GilRefCell<LoopState>,
+    remote: Arc<Remote>,
+    epoll: Arc<EpollFd>,
+    // Declared before `rt` so it deregisters from the driver while the runtime is alive.
+    epoll_watch: AsyncFd<SharedEpoll>,
+    rt: tokio::runtime::Runtime,
+}
+
+fn current_thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions; it is what threading.get_ident() returns.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+/// asyncio's rule for turning a file object into a descriptor.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let fileno = obj
+            .call_method0("fileno")
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?;
+        fileno
+            .call_method0("__index__")
+            .and_then(|i| i.extract())
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+impl CoreLoop {
+    /// The stdlib's debug-mode guard: loop methods that are not thread-safe
+    /// refuse calls from a thread other than the one running the loop.
+    fn check_thread_and_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+        let (closed, debug, thread_id) = {
+            let st = self.state.borrow_mut(py);
+            (st.closed, st.debug, st.thread_id)
+        };
+        if closed {
+            return Err(closed_error());
+        }
+        if debug {
+            if let Some(tid) = thread_id {
+                if tid != current_thread_ident() {
+                    return Err(PyRuntimeError::new_err(
+                        "Non-thread-safe operation invoked on an event loop other than the current one",
+                    ));
+                }
+            }
+            if pyhelpers::is_coroutine_function(py, callback)? {
+                return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+            }
+        }
+        check_callable(py, callback, method)?;
+        Ok(debug)
+    }
+
+    fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Py<TimerHandle>> {
+        let counter = self.state.borrow_mut(py).timers.counter();
+        let th = TimerHandle::create(py, when, callback.clone().unbind(), args.clone().unbind(), context, debug, counter)?;
+        let th = th.unbind();
+        let mut st = self.state.borrow_mut(py);
+        st.timers.push(when, th.clone_ref(py));
+        st.stats.timers_scheduled += 1;
+        Ok(th)
+    }
+
+    /// Parks in the runtime with the GIL released until I/O, a timer deadline
+    /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
+    fn block(&self, py: Python<'_>, timeout: Option<f64>, buf: &mut [libc::epoll_event]) -> usize {
+        let remote = &*self.remote;
+        remote.sleeping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if remote.has_pending() {
+            remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+            return self.epoll.wait_now(buf);
+        }
+        let epoll = &*self.epoll;
+        let watch = &self.epoll_watch;
+        let rt = &self.rt;
+        let n = py.detach(move || {
+            rt.block_on(async move {
+                let sleep = async {
+                    match timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok()) {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = remote.notify.notified() => return epoll.wait_now(buf),
+                        r = watch.readable() => match r {
+                            Ok(mut guard) => {
+                                let n = epoll.wait_now(buf);
+                                if n > 0 {
+                                    return n;
+                                }
+                                // Nothing left in our level-triggered set: only now may
+                                // tokio forget the readiness, or a wake-up could be lost.
+                                guard.clear_ready();
+                            }
+                            Err(_) => return epoll.wait_now(buf),
+                        },
+                        _ = &mut sleep => return epoll.wait_now(buf),
+                    }
+                }
+            })
+        });
+        remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+        n
+    }
+
+    fn drain_wakeup(&self, py: Python<'_>, fd: RawFd) {
+        let _ = py;
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: reading into a stack buffer from a non-blocking socket we own.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+
+    /// One iteration, in asyncio's order: wait for (or poll) I/O, collect due
+    /// timers, then run exactly the callbacks that were ready at that point.
+    fn run_once(slf: &Bound<'_, Self>, events: &mut [libc::epoll_event], scratch: &mut Vec<Ready>, due: &mut Vec<Py<TimerHandle>>, remote_in: &mut Vec<Py<Handle>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let now = clock::monotonic();
+        let (timeout, poll_io, dead) = {
+            let mut st = this.state.borrow_mut(py);
+            let dead = st.timers.prune(py);
+            let busy = !st.ready.is_empty() || st.stopping || this.remote.has_pending();
+            if busy {
+                let poll = !st.poller.is_empty() && now - st.last_io_poll >= BUSY_IO_POLL_INTERVAL;
+                (Some(0.0), poll, dead)
+            } else {
+                let t = st.timers.next_deadline().map(|w| (w - now).max(0.0));
+                (t, true, dead)
+            }
+        };
+        drop(dead);
+
+        let n_events = if timeout == Some(0.0) {
+            if poll_io {
+                this.epoll.wait_now(events)
+            } else {
+                0
+            }
+        } else {
+            this.block(py, timeout, events)
+        };
+
+        {
+            let mut st = this.state.borrow_mut(py);
+            if poll_io {
+                st.last_io_poll = now;
+            }
+            this.remote.drain(remote_in);
+            st.ready.extend(remote_in.drain(..));
+            if n_events > 0 {
+                st.poller.dispatch(py, &events[..n_events], scratch);
+                st.stats.io_events += n_events as u64;
+            }
+        }
+        let mut stale = Vec::new();
+        for r in scratch.drain(..) {
+            match r {
+                Ready::Callback(h) => this.state.borrow_mut(py).ready.push_back(h),
+                Ready::StaleReader(fd) => stale.extend(this.state.borrow_mut(py).poller.clear(fd, false)),
+                Ready::StaleWriter(fd) => stale.extend(this.state.borrow_mut(py).poller.clear(fd, true)),
+                Ready::Internal(fd) => this.drain_wakeup(py, fd),
+            }
+        }
+        drop(stale);
+
+        // Python-level signal handlers (SIGINT's KeyboardInterrupt among them)
+        // run here at the latest, right after the wake-up that the signal caused.
+        py.check_signals()?;
+
+        {
+            let end = clock::monotonic();
+            let mut st = this.state.borrow_mut(py);
+            st.timers.pop_due(end, due);
+            for th in due.drain(..) {
+                let b = th.bind(py);
+                let base: &Handle = b.as_super().get();
+                base.set_scheduled(py, false);
+                if base.is_cancelled(py) {
+                    continue;
+                }
+                // SAFETY: TimerHandle extends Handle, so the object is a Handle.
+                let h = unsafe { b.clone().into_any().cast_into_unchecked::<Handle>() };
+                st.ready.push_back(h.unbind());
+            }
+            st.stats.iterations += 1;
+        }
+
+        let (ntodo, debug, slow) = {
+            let st = this.state.borrow_mut(py);
+            (st.ready.len(), st.debug, st.slow_callback_duration)
+        };
+        let mut ran = 0u64;
+        let mut longest = 0.0f64;
+        let result = (|| -> PyResult<()> {
+            for _ in 0..ntodo {
+                let Some(h) = this.state.borrow_mut(py).ready.pop_front() else { break };
+                let handle = h.get();
+                let t0 = clock::monotonic();
+                let res = handle.run(py);
+                ran += 1;
+                let dt = clock::monotonic() - t0;
+                if dt > longest {
+                    longest = dt;
+                }
+                if let Err(e) = res {
+                    if pyhelpers::is_exit_exception(py, &e) {
+                        return Err(e);
+                    }
+                    pyhelpers::report_callback_error(py, Some(slf.as_any()), h.bind(py).as_any(), e)?;
+                }
+                if debug && dt >= slow {
+                    pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
+                }
+            }
+            Ok(())
+        })();
+        let mut st = this.state.borrow_mut(py);
+        st.stats.callbacks += ran;
+        if longest > st.stats.longest_callback {
+            st.stats.longest_callback = longest;
+        }
+        result
+    }
+
+    fn set_io(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, write: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let method = if write { "add_writer" } else { "add_reader" };
+        let debug = this.check_thread_and_callback(py, callback, method)?;
+        let fd = fileobj_to_fd(fd_obj)?;
+        let handle = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), None, debug)?)?;
+        let previous = {
+            let mut st = this.state.borrow_mut(py);
+            st.poller.set(fd, handle, write)
+        };
+        match previous {
+            Ok(Some(old)) => Handle::cancel_py(old.bind(py)),
+            Ok(None) => Ok(()),
+            Err(e) => Err(PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))),
+        }
+    }
+
+    fn clear_io(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow_mut(py).closed {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd_obj)?;
+        let old = this.state.borrow_mut(py).poller.clear(fd, write);
+        match old {
+            Some(h) => {
+                Handle::cancel_py(h.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl CoreLoop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| PyOSError::new_err(format!("cannot start the tokio runtime: {e}")))?;
+        let epoll = Arc::new(EpollFd::new().map_err(PyErr::from)?);
+        let epoll_watch = {
+            let _guard = rt.enter();
+            // SAFETY: the epoll fd is owned by the Arc kept in `self.epoll`, so it stays
+            // open and unchanged for as long as this registration lives.
+            unsafe { AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE) }
+                .map_err(|e| PyOSError::new_err(format!("cannot watch the epoll fd: {e}")))?
+        };
+        Ok(CoreLoop {
+            state: GilRefCell::new(LoopState {
+                ready: VecDeque::with_capacity(1024),
+                timers: TimerHeap::new(),
+                poller: Poller::new(epoll.clone()),
+                stopping: false,
+                running: false,
+                closed: false,
+                debug: false,
+                slow_callback_duration: 0.1,
+                thread_id: None,
+                last_io_poll: 0.0,
+                wakeup: None,
+                stats: Stats::default(),
+            }),
+            remote: Arc::new(Remote::new()),
+            epoll,
+            epoll_watch,
+            rt,
+        })
+    }
+
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+        let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
+        let h = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), context, debug)?)?;
+        self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
+        Ok(h)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+        let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
+            Some(st) => (st.closed, st.debug, st.thread_id),
+            None => (false, false, None),
+        };
+        if closed {
+            return Err(closed_error());
+        }
+        if debug && pyhelpers::is_coroutine_function(py, callback)? {
+            return Err(PyTypeError::new_err("coroutines cannot be used with call_soon_threadsafe()"));
+        }
+        check_callable(py, callback, "call_soon_threadsafe")?;
+        let h = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), context, debug)?)?;
+        let on_loop_thread = thread_id == Some(current_thread_ident());
+        if on_loop_thread {
+            if let Some(mut st) = self.state.try_borrow_mut(py) {
+                st.ready.push_back(h.clone_ref(py));
+                return Ok(h);
+            }
+        }
+        self.remote.push(h.clone_ref(py));
+        Ok(h)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(&self, py: Python<'_>, delay: Option<f64>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<TimerHandle>> {
+        let Some(delay) = delay else {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        };
+        let debug = self.check_thread_and_callback(py, callback, "call_later")?;
+        self.schedule_timer(py, clock::monotonic() + delay, callback, args, context, debug)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(&self, py: Python<'_>, when: Option<f64>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<TimerHandle>> {
+        let Some(when) = when else {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        };
+        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
+        self.schedule_timer(py, when, callback, args, context, debug)
+    }
+
+    /// The run loop proper; `Loop.run_forever` wraps it with asyncio's
+    /// bookkeeping (running-loop registration, async-generator hooks).
+    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closed {
+                return Err(closed_error());
+            }
+            if st.running {
+                return Err(PyRuntimeError::new_err("This event loop is already running"));
+            }
+            st.running = true;
+            st.thread_id = Some(current_thread_ident());
+        }
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let mut scratch = Vec::new();
+        let mut due = Vec::new();
+        let mut remote_in = Vec::new();
+        let result = loop {
+            if let Err(e) = Self::run_once(slf, &mut events, &mut scratch, &mut due, &mut remote_in) {
+                break Err(e);
+            }
+            if this.state.borrow_mut(py).stopping {
+                break Ok(());
+            }
+        };
+        let mut st = this.state.borrow_mut(py);
+        st.stopping = false;
+        st.running = false;
+        st.thread_id = None;
+        result
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).stopping = true;
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.state.try_borrow_mut(py).map(|s| s.running).unwrap_or(true)
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.state.try_borrow_mut(py).map(|s| s.closed).unwrap_or(false)
+    }
+
+    /// Marks the loop closed and drops every pending callback, timer and fd
+    /// registration. Returns False if it was already closed.
+    fn _close_core(&self, py: Python<'_>) -> PyResult<bool> {
+        let (ready, timers, fds, wakeup) = {
+            let mut st = self.state.borrow_mut(py);
+            if st.running {
+                return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+            }
+            if st.closed {
+                return Ok(false);
+            }
+            st.closed = true;
+            let wakeup = st.wakeup.take();
+            if let Some((r, _)) = &wakeup {
+                st.poller.remove_internal(r.as_raw_fd());
+            }
+            (std::mem::take(&mut st.ready), st.timers.take_all(), st.poller.take_all(), wakeup)
+        };
+        drop((ready, timers, fds, wakeup));
+        let mut leftover = Vec::new();
+        self.remote.drain(&mut leftover);
+        drop(leftover);
+        Ok(true)
+    }
+
+    fn get_debug(&self, py: Python<'_>) -> bool {
+        self.state.try_borrow_mut(py).map(|s| s.debug).unwrap_or(false)
+    }
+
+    fn _set_debug_core(&self, py: Python<'_>, enabled: bool) {
+        self.state.borrow_mut(py).debug = enabled;
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.state.borrow_mut(py).slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.state.borrow_mut(py).slow_callback_duration = value;
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> Option<u64> {
+        self.state.try_borrow_mut(py).and_then(|s| s.thread_id)
+    }
+
+    #[getter]
+    fn _stopping(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).stopping
+    }
+
+    fn _ready_count(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).ready.len()
+    }
+
+    fn _timer_count(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).timers.len()
+    }
+
+    /// Queues an existing handle (signal delivery reuses one handle per signal).
+    fn _add_handle(&self, py: Python<'_>, handle: Py<Handle>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut(py);
+        if st.closed {
+            return Err(closed_error());
+        }
+        st.ready.push_back(handle);
+        Ok(())
+    }
+
+    /// Wakes the loop from any thread (asyncio's name for its self-pipe write).
+    fn _write_to_self(&self) {
+        self.remote.force_wake();
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::set_io(slf, fd, callback, args, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::set_io(slf, fd, callback, args, true)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_io(slf, fd, false)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_io(slf, fd, true)
+    }
+
+    /// The handle currently registered as reader or writer of `fd`, if any.
+    fn _get_io_handle(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<Option<Py<Handle>>> {
+        let py = slf.py();
+        let fd = fileobj_to_fd(fd)?;
+        Ok(slf.get().state.borrow_mut(py).poller.get(py, fd, write))
+    }
+
+    /// The write end of a socket whose readability wakes the loop; the Python
+    /// layer hands it to `signal.set_wakeup_fd` so signals interrupt the wait.
+    fn _signal_wakeup_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        let mut st = self.state.borrow_mut(py);
+        if st.closed {
+            return Err(closed_error());
+        }
+        if let Some((_, w)) = &st.wakeup {
+            return Ok(w.as_raw_fd());
+        }
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` is a valid out-array of two ints.
+        let rc = unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        st.poller.add_internal(r.as_raw_fd())?;
+        let wfd = w.as_raw_fd();
+        st.wakeup = Some((r, w));
+        Ok(wfd)
+    }
+
+    /// Counters for `Loop.stats()`.
+    fn _stats(&self, py: Python<'_>) -> (u64, u64, u64, u64, f64, usize, usize) {
+        let st = self.state.borrow_mut(py);
+        (
+            st.stats.callbacks,
+            st.stats.iterations,
+            st.stats.timers_scheduled,
+            st.stats.io_events,
+            st.stats.longest_callback,
+            st.ready.len(),
+            st.timers.len(),
+        )
+    }
+}
+
+impl Handle {
+    pub fn cancel_py(h: &Bound<'_, Handle>) -> PyResult<()> {
+        h.call_method0("cancel").map(|_| ())
+    }
+}

@@ -1,0 +1,33 @@
+//! Interior mutability for state that is only touched while the GIL is held.
+//!
+//! The extension is built for GIL-enabled CPython (the module does not declare
+//! free-threading support), so the GIL serialises every call into it. `RefCell`
+//! keeps re-entrancy honest: a Python callback that re-enters the loop while a
+//! borrow is alive becomes a Python exception instead of undefined behaviour.
+
+use pyo3::Python;
+use std::cell::{RefCell, RefMut};
+
+pub struct GilRefCell<T>(RefCell<T>);
+
+// SAFETY: every access goes through `borrow_mut`, which demands a `Python<'_>`
+// token, i.e. the GIL is held and no other thread can be inside at the same time.
+unsafe impl<T: Send> Sync for GilRefCell<T> {}
+
+impl<T> GilRefCell<T> {
+    pub fn new(value: T) -> Self {
+        GilRefCell(RefCell::new(value))
+    }
+
+    #[inline]
+    pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> RefMut<'a, T> {
+        self.0.borrow_mut()
+    }
+
+    /// Like `borrow_mut`, but reports a re-entrant access as an error value
+    /// rather than a panic.
+    #[inline]
+    pub fn try_borrow_mut<'a>(&'a self, _py: Python<'_>) -> Option<RefMut<'a, T>> {
+        self.0.try_borrow_mut().ok()
+    }
+}

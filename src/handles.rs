@@ -1,0 +1,371 @@
+//! `Handle` and `TimerHandle`: the callbacks the loop runs, with asyncio's API.
+
+use crate::gil_cell::GilRefCell;
+use crate::pyhelpers;
+use pyo3::basic::CompareOp;
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+struct HandleInner {
+    // Dropped on cancel so a cancelled handle pins nothing the user allocated.
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    cancelled: bool,
+    // Set once a timer leaves the heap; a late cancel() then must not count
+    // towards the heap's cancelled-entry statistics.
+    scheduled: bool,
+    repr_when_cancelled: Option<String>,
+}
+
+#[pyclass(module = "tokioloop._tokioloop", subclass, frozen, freelist = 512)]
+pub struct Handle {
+    inner: GilRefCell<HandleInner>,
+    context: Py<PyAny>,
+    debug: bool,
+}
+
+impl Handle {
+    pub fn new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => copy_current_context(py)?,
+        };
+        Ok(Handle {
+            inner: GilRefCell::new(HandleInner {
+                callback: Some(callback),
+                args: Some(args),
+                cancelled: false,
+                scheduled: false,
+                repr_when_cancelled: None,
+            }),
+            context,
+            debug,
+        })
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self, py: Python<'_>) -> bool {
+        self.inner.borrow_mut(py).cancelled
+    }
+
+    /// Runs the callback inside the handle's context. The error, if any, is
+    /// returned untouched: the loop decides whether it propagates or goes to
+    /// the exception handler.
+    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let (cb, args) = {
+            let inner = self.inner.borrow_mut(py);
+            if inner.cancelled {
+                return Ok(());
+            }
+            match (&inner.callback, &inner.args) {
+                (Some(cb), Some(args)) => (cb.clone_ref(py), args.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        let ctx = self.context.as_ptr();
+        // SAFETY: all pointers are live Python objects owned above; the GIL is held.
+        unsafe {
+            if ffi::PyContext_Enter(ctx) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let res = ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+            let err = if res.is_null() {
+                Some(PyErr::fetch(py))
+            } else {
+                ffi::Py_DECREF(res);
+                None
+            };
+            if ffi::PyContext_Exit(ctx) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            match err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Marks the handle cancelled and returns what it held, so the caller can
+    /// drop the user's objects outside any borrow (their `__del__` may re-enter).
+    fn cancel_inner(&self, py: Python<'_>) -> Option<(Option<Py<PyAny>>, Option<Py<PyTuple>>, bool)> {
+        let mut inner = self.inner.borrow_mut(py);
+        if inner.cancelled {
+            return None;
+        }
+        inner.cancelled = true;
+        let was_scheduled = inner.scheduled;
+        inner.scheduled = false;
+        Some((inner.callback.take(), inner.args.take(), was_scheduled))
+    }
+
+    pub fn set_scheduled(&self, py: Python<'_>, value: bool) {
+        self.inner.borrow_mut(py).scheduled = value;
+    }
+
+    fn repr_with(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<String> {
+        let (cb, args, cancelled, cached) = {
+            let inner = self.inner.borrow_mut(py);
+            (
+                inner.callback.as_ref().map(|c| c.clone_ref(py)),
+                inner.args.as_ref().map(|a| a.clone_ref(py)),
+                inner.cancelled,
+                inner.repr_when_cancelled.clone(),
+            )
+        };
+        if let Some(s) = cached {
+            return Ok(s);
+        }
+        pyhelpers::format_handle_repr(py, kind, cancelled, cb, args, when)
+    }
+
+    fn cache_repr_if_debug(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<()> {
+        if self.debug {
+            let r = self.repr_with(py, kind, when)?;
+            self.inner.borrow_mut(py).repr_when_cancelled = Some(r);
+        }
+        Ok(())
+    }
+}
+
+pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: GIL held; PyContext_CopyCurrent returns a new reference or NULL with an error set.
+    unsafe {
+        let p = ffi::PyContext_CopyCurrent();
+        if p.is_null() {
+            Err(PyErr::fetch(py))
+        } else {
+            Ok(Bound::from_owned_ptr(py, p).unbind())
+        }
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// asyncio's constructor signature, `Handle(callback, args, loop, context=None)`.
+    #[new]
+    #[pyo3(signature = (callback, args, r#loop=None, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyAny>,
+        r#loop: Option<&Bound<'_, PyAny>>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let debug = match r#loop {
+            Some(l) if !l.is_none() => l.call_method0("get_debug")?.is_truthy()?,
+            _ => false,
+        };
+        let args = if args.is_none() {
+            PyTuple::empty(py)
+        } else {
+            PyTuple::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
+        };
+        Handle::new(py, callback.clone().unbind(), args.unbind(), context, debug)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        if h.is_cancelled(py) {
+            return Ok(());
+        }
+        h.cache_repr_if_debug(py, "Handle", None)?;
+        let dropped = h.cancel_inner(py);
+        drop(dropped);
+        Ok(())
+    }
+
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.borrow_mut(py).callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.inner.borrow_mut(py).args.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self) -> Option<Py<PyAny>> {
+        None
+    }
+
+    /// Runs the callback as asyncio's `Handle._run` does, errors going to the
+    /// loop's exception handler (for code that drives handles by hand).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().run(py) {
+            Ok(()) => Ok(()),
+            Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
+            Err(e) => pyhelpers::report_callback_error(py, None, slf.as_any(), e),
+        }
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        slf.get().repr_with(slf.py(), "Handle", None)
+    }
+}
+
+/// Shared with the loop's timer heap: how many scheduled timers were cancelled,
+/// so the heap can be compacted before dead entries pile up.
+pub type CancelCounter = Arc<AtomicUsize>;
+
+#[pyclass(module = "tokioloop._tokioloop", extends = Handle, frozen, freelist = 256)]
+pub struct TimerHandle {
+    pub when: f64,
+    counter: CancelCounter,
+}
+
+impl TimerHandle {
+    pub fn create(
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+        counter: CancelCounter,
+    ) -> PyResult<Bound<'_, TimerHandle>> {
+        let base = Handle::new(py, callback, args, context, debug)?;
+        base.set_scheduled(py, true);
+        Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when, counter }))
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        let base: &Handle = slf.as_super().get();
+        base.inner.borrow_mut(slf.py()).scheduled
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base: &Handle = slf.as_super().get();
+        if base.is_cancelled(py) {
+            return Ok(());
+        }
+        let when = slf.get().when;
+        base.cache_repr_if_debug(py, "TimerHandle", Some(when))?;
+        if let Some((cb, args, was_scheduled)) = base.cancel_inner(py) {
+            if was_scheduled {
+                slf.get().counter.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(cb);
+            drop(args);
+        }
+        Ok(())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let base: &Handle = slf.as_super().get();
+        base.repr_with(slf.py(), "TimerHandle", Some(slf.get().when))
+    }
+
+    fn __hash__(&self) -> u64 {
+        let w = self.when;
+        // Mirrors asyncio: equal deadlines hash equal.
+        if w == 0.0 {
+            0
+        } else {
+            w.to_bits()
+        }
+    }
+
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let a = slf.get().when;
+        let b = other.get().when;
+        let res = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || eq_handles(slf, other)?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || eq_handles(slf, other)?,
+            CompareOp::Eq => eq_handles(slf, other)?,
+            CompareOp::Ne => !eq_handles(slf, other)?,
+        };
+        Ok(pyo3::types::PyBool::new(py, res).to_owned().into_any().unbind())
+    }
+}
+
+fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
+    let py = a.py();
+    if a.get().when != b.get().when {
+        return Ok(false);
+    }
+    let ha: &Handle = a.as_super().get();
+    let hb: &Handle = b.as_super().get();
+    let (ca, aa, xa) = {
+        let i = ha.inner.borrow_mut(py);
+        (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|c| c.clone_ref(py)), i.cancelled)
+    };
+    let (cb, ab, xb) = {
+        let i = hb.inner.borrow_mut(py);
+        (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|c| c.clone_ref(py)), i.cancelled)
+    };
+    if xa != xb {
+        return Ok(false);
+    }
+    let same = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {
+        match (x, y) {
+            (None, None) => Ok(true),
+            (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
+            _ => Ok(false),
+        }
+    };
+    Ok(same(ca, cb)? && same(aa.map(|a| a.into_any()), ab.map(|a| a.into_any()))?)
+}
+
+pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    if callback.is_callable() {
+        return Ok(());
+    }
+    if pyhelpers::is_coroutine(py, callback)? {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    }
+    Err(PyTypeError::new_err(format!(
+        "a callable object was expected by {method}(), got {}",
+        callback.repr()?
+    )))
+}

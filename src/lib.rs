@@ -1,0 +1,21 @@
+//! tokioloop: asyncio's event loop, in Rust on a tokio current-thread runtime.
+
+mod clock;
+mod event_loop;
+mod gil_cell;
+mod handles;
+mod poller;
+mod pyhelpers;
+mod remote;
+mod timers;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::CoreLoop>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! I/O readiness for `add_reader`/`add_writer`: a level-triggered epoll set of
+//! our own (the semantics asyncio's selector gives), whose fd is in turn watched
+//! by the tokio runtime's driver while the loop sleeps.
+
+use crate::handles::Handle;
+use pyo3::prelude::*;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub const MAX_EVENTS: usize = 256;
+
+pub struct EpollFd(OwnedFd);
+
+impl AsRawFd for EpollFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl EpollFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(EpollFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Non-blocking harvest of ready fds into `buf`; returns how many.
+    pub fn wait_now(&self, buf: &mut [libc::epoll_event]) -> usize {
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` events.
+            let n = unsafe {
+                libc::epoll_wait(self.as_raw_fd(), buf.as_mut_ptr(), buf.len() as i32, 0)
+            };
+            if n >= 0 {
+                return n as usize;
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return 0;
+            }
+        }
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: fd as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        let rc = unsafe { libc::epoll_ctl(self.as_raw_fd(), op, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Default)]
+struct Interest {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+    // Internal fds (the signal wake-up socket) that have no Python handle.
+    internal: bool,
+}
+
+impl Interest {
+    fn mask(&self) -> u32 {
+        let mut m = 0u32;
+        if self.reader.is_some() || self.internal {
+            m |= libc::EPOLLIN as u32;
+        }
+        if self.writer.is_some() {
+            m |= libc::EPOLLOUT as u32;
+        }
+        m
+    }
+}
+
+pub enum Ready {
+    Callback(Py<Handle>),
+    /// A reader whose handle was cancelled: asyncio unregisters it on sight.
+    StaleReader(RawFd),
+    StaleWriter(RawFd),
+    Internal(RawFd),
+}
+
+pub struct Poller {
+    pub epoll: std::sync::Arc<EpollFd>,
+    fds: HashMap<RawFd, Interest>,
+}
+
+impl Poller {
+    pub fn new(epoll: std::sync::Arc<EpollFd>) -> Self {
+        Poller {
+            epoll,
+            fds: HashMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    fn apply(&mut self, fd: RawFd, old_mask: u32) -> io::Result<()> {
+        let new_mask = self.fds.get(&fd).map(|i| i.mask()).unwrap_or(0);
+        let res = if new_mask == 0 {
+            self.fds.remove(&fd);
+            match self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
+                // The fd was closed under us; the kernel already forgot it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
+                r => r,
+            }
+        } else if old_mask == 0 {
+            match self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, new_mask) {
+                // A closed-and-reused fd number may still be known to us as a stale entry.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, new_mask)
+                }
+                r => r,
+            }
+        } else {
+            match self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, new_mask) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, new_mask)
+                }
+                r => r,
+            }
+        };
+        if res.is_err() && old_mask == 0 {
+            self.fds.remove(&fd);
+        }
+        res
+    }
+
+    /// Installs `handle` as the reader (or writer) of `fd`, returning the one it replaces.
+    pub fn set(&mut self, fd: RawFd, handle: Py<Handle>, write: bool) -> io::Result<Option<Py<Handle>>> {
+        let entry = self.fds.entry(fd).or_default();
+        let old_mask = entry.mask();
+        let slot = if write { &mut entry.writer } else { &mut entry.reader };
+        let previous = slot.replace(handle);
+        match self.apply(fd, old_mask) {
+            Ok(()) => Ok(previous),
+            Err(e) => {
+                if let Some(entry) = self.fds.get_mut(&fd) {
+                    let slot = if write { &mut entry.writer } else { &mut entry.reader };
+                    *slot = previous;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the reader (or writer) of `fd`, returning it if there was one.
+    pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Py<Handle>> {
+        let entry = self.fds.get_mut(&fd)?;
+        let old_mask = entry.mask();
+        let slot = if write { &mut entry.writer } else { &mut entry.reader };
+        let previous = slot.take()?;
+        let _ = self.apply(fd, old_mask);
+        Some(previous)
+    }
+
+    pub fn get(&self, py: Python<'_>, fd: RawFd, write: bool) -> Option<Py<Handle>> {
+        let entry = self.fds.get(&fd)?;
+        let slot = if write { &entry.writer } else { &entry.reader };
+        slot.as_ref().map(|h| h.clone_ref(py))
+    }
+
+    pub fn add_internal(&mut self, fd: RawFd) -> io::Result<()> {
+        let entry = self.fds.entry(fd).or_default();
+        let old_mask = entry.mask();
+        entry.internal = true;
+        self.apply(fd, old_mask)
+    }
+
+    pub fn remove_internal(&mut self, fd: RawFd) {
+        if let Some(entry) = self.fds.get_mut(&fd) {
+            let old_mask = entry.mask();
+            entry.internal = false;
+            let _ = self.apply(fd, old_mask);
+        }
+    }
+
+    /// Translates raw epoll events into work for the loop. An error or hang-up
+    /// wakes both directions, as selectors.EpollSelector reports it.
+    pub fn dispatch(&self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
+        for ev in events {
+            let fd = ev.u64 as RawFd;
+            let Some(interest) = self.fds.get(&fd) else { continue };
+            let bits = ev.events;
+            let readable = bits & !(libc::EPOLLOUT as u32) != 0;
+            let writable = bits & !(libc::EPOLLIN as u32) != 0;
+            if interest.internal && readable {
+                out.push(Ready::Internal(fd));
+            }
+            if readable {
+                if let Some(r) = &interest.reader {
+                    if r.get().is_cancelled(py) {
+                        out.push(Ready::StaleReader(fd));
+                    } else {
+                        out.push(Ready::Callback(r.clone_ref(py)));
+                    }
+                }
+            }
+            if writable {
+                if let Some(w) = &interest.writer {
+                    if w.get().is_cancelled(py) {
+                        out.push(Ready::StaleWriter(fd));
+                    } else {
+                        out.push(Ready::Callback(w.clone_ref(py)));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn take_all(&mut self) -> Vec<Py<Handle>> {
+        let mut out = Vec::new();
+        for (fd, i) in self.fds.drain() {
+            let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+            out.extend(i.reader);
+            out.extend(i.writer);
+        }
+        out
+    }
+}

@@ -1,0 +1,58 @@
+//! Calls into the package's pure-Python support module for rare, formatting-heavy
+//! work (reprs, error reports, debug logs), so the Rust side stays on the hot path.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+
+static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    SUPPORT
+        .get_or_try_init(py, || py.import("tokioloop._support").map(|m| m.unbind()))
+        .map(|m| m.bind(py))
+}
+
+pub fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+pub fn format_handle_repr(
+    py: Python<'_>,
+    kind: &str,
+    cancelled: bool,
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    when: Option<f64>,
+) -> PyResult<String> {
+    support(py)?
+        .call_method1("format_handle_repr", (kind, cancelled, callback, args, when))?
+        .extract()
+}
+
+/// Hands a callback's exception to the loop's exception handler with the same
+/// context dict asyncio builds.
+pub fn report_callback_error(
+    py: Python<'_>,
+    event_loop: Option<&Bound<'_, PyAny>>,
+    handle: &Bound<'_, PyAny>,
+    err: PyErr,
+) -> PyResult<()> {
+    let exc = err.into_value(py);
+    support(py)?.call_method1("report_callback_error", (event_loop, handle, exc))?;
+    Ok(())
+}
+
+pub fn log_slow_callback(py: Python<'_>, handle: &Bound<'_, PyAny>, seconds: f64) -> PyResult<()> {
+    support(py)?.call_method1("log_slow_callback", (handle, seconds))?;
+    Ok(())
+}
+
+pub fn is_coroutine(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    support(py)?.call_method1("is_coroutine", (obj,))?.extract()
+}
+
+pub fn is_coroutine_function(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    support(py)?.call_method1("is_coroutine_function", (obj,))?.extract()
+}
