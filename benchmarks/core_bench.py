@@ -594,6 +594,7 @@ def main(argv=None):
         raise SystemExit("no loop available")
 
     started = datetime.datetime.now().astimezone()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = {}
     for case in cases:
         func, dparams, qparams, ops_of, label = CASES[case]
@@ -629,6 +630,10 @@ def main(argv=None):
     if child_affinity is not None:
         pin_line += f" (child affinity: CPUs {child_affinity})"
     lines.append(pin_line)
+    if load_start is not None:
+        load_end = os.getloadavg()
+        lines.append(f"- load average (1 min) at start / end: {load_start[0]:.2f} / {load_end[0]:.2f}"
+                     " (other load on the pinned CPU skews results)")
     lines.append("- loops: " + ", ".join(f"{lp} {versions[lp]}" for lp in active))
     lines.append(f"- {args.repeat} repeat(s) (+{args.warmup} warm-up) per cell, fresh loop per run; "
                  f"showing **{stat}** ops/s{' (--quick sizes)' if args.quick else ''}"
@@ -690,6 +695,7 @@ def main(argv=None):
                 "platform": platform.platform(),
                 "cpu": cpu_model(),
                 "pinning": pin_desc,
+                "loadavg_start": load_start,
                 "repeat": args.repeat,
                 "warmup": args.warmup,
                 "quick": args.quick,

@@ -55,7 +55,9 @@ impl Remote {
     }
 
     pub fn drain(&self, out: &mut Vec<Py<Handle>>) {
-        if !self.pending.swap(false, Ordering::SeqCst) {
+        // Plain load first: the common case (nothing from other threads) stays a
+        // cheap read instead of a locked read-modify-write every iteration.
+        if !self.pending.load(Ordering::Relaxed) || !self.pending.swap(false, Ordering::SeqCst) {
             return;
         }
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
