@@ -14,8 +14,10 @@ use crate::pyhelpers;
 use crate::remote::Remote;
 use crate::timers::TimerHeap;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
+use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -23,11 +25,11 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// While callbacks keep the ready queue busy, the epoll set is still checked
-/// after at most this many callbacks (or at once when an iteration runs more),
-/// so I/O is never starved by a callback storm, yet a chain of one-callback
-/// iterations does not pay an epoll_wait syscall per callback.
-const BUSY_IO_POLL_EVERY: u64 = 32;
+/// With user fds registered the epoll set is polled every iteration, as
+/// asyncio's selector loop does. With only our signal wake-up socket in it,
+/// a busy loop drains that socket after at most this many callbacks: signal
+/// handlers themselves run every iteration through PyErr_CheckSignals.
+const WAKEUP_DRAIN_EVERY: u64 = 64;
 
 struct SharedEpoll(Arc<EpollFd>);
 impl AsRawFd for SharedEpoll {
@@ -59,6 +61,7 @@ struct LoopState {
     wakeup: Option<(OwnedFd, OwnedFd)>,
     stats: Stats,
     track_timing: bool,
+    debug_value: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, name = "CoreLoop")]
@@ -85,16 +88,26 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
-        let fileno = obj
-            .call_method0("fileno")
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?;
+        let fileno = obj.call_method0("fileno").map_err(|_| {
+            PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
         fileno
             .call_method0("__index__")
             .and_then(|i| i.extract())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map(|r| r.to_string()).unwrap_or_default())))?
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    obj.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -102,7 +115,12 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 impl CoreLoop {
     /// The stdlib's debug-mode guard: loop methods that are not thread-safe
     /// refuse calls from a thread other than the one running the loop.
-    fn check_thread_and_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+    fn check_thread_and_callback(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+    ) -> PyResult<bool> {
         let (closed, debug, thread_id) = {
             let st = self.state.borrow_mut(py);
             (st.closed, st.debug, st.thread_id)
@@ -119,7 +137,9 @@ impl CoreLoop {
                 }
             }
             if pyhelpers::is_coroutine_function(py, callback)? {
-                return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+                return Err(PyTypeError::new_err(format!(
+                    "coroutines cannot be used with {method}()"
+                )));
             }
         }
         check_callable(py, callback, method)?;
@@ -136,7 +156,15 @@ impl CoreLoop {
         debug: bool,
     ) -> PyResult<Py<TimerHandle>> {
         let counter = self.state.borrow_mut(py).timers.counter();
-        let th = TimerHandle::create(py, when, callback.clone().unbind(), args.clone().unbind(), context, debug, counter)?;
+        let th = TimerHandle::create(
+            py,
+            when,
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            context,
+            debug,
+            counter,
+        )?;
         let th = th.unbind();
         let mut st = self.state.borrow_mut(py);
         st.timers.push(when, th.clone_ref(py));
@@ -148,9 +176,13 @@ impl CoreLoop {
     /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
     fn block(&self, py: Python<'_>, timeout: Option<f64>, buf: &mut [libc::epoll_event]) -> usize {
         let remote = &*self.remote;
-        remote.sleeping.store(true, std::sync::atomic::Ordering::SeqCst);
+        remote
+            .sleeping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if remote.has_pending() {
-            remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+            remote
+                .sleeping
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             return self.epoll.wait_now(buf);
         }
         let epoll = &*self.epoll;
@@ -186,7 +218,9 @@ impl CoreLoop {
                 }
             })
         });
-        remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+        remote
+            .sleeping
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         n
     }
 
@@ -204,16 +238,32 @@ impl CoreLoop {
 
     /// One iteration, in asyncio's order: wait for (or poll) I/O, collect due
     /// timers, then run exactly the callbacks that were ready at that point.
-    fn run_once(slf: &Bound<'_, Self>, events: &mut [libc::epoll_event], scratch: &mut Vec<Ready>, due: &mut Vec<Py<TimerHandle>>, remote_in: &mut Vec<Py<Handle>>) -> PyResult<()> {
+    fn run_once(
+        slf: &Bound<'_, Self>,
+        events: &mut [libc::epoll_event],
+        scratch: &mut Vec<Ready>,
+        due: &mut Vec<Py<TimerHandle>>,
+        remote_in: &mut Vec<Py<Handle>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (timeout, poll_io, dead, now) = {
             let mut st = this.state.borrow_mut(py);
-            let dead = if st.timers.len() > 0 { st.timers.prune(py) } else { Vec::new() };
-            let now = if st.timers.len() > 0 { clock::monotonic() } else { 0.0 };
+            let dead = if st.timers.len() > 0 {
+                st.timers.prune(py)
+            } else {
+                Vec::new()
+            };
+            let now = if st.timers.len() > 0 {
+                clock::monotonic()
+            } else {
+                0.0
+            };
             let busy = !st.ready.is_empty() || st.stopping || this.remote.has_pending();
             if busy {
-                let poll = !st.poller.is_empty() && st.stats.callbacks - st.callbacks_at_last_poll >= BUSY_IO_POLL_EVERY;
+                let poll = st.poller.has_user_fds()
+                    || (!st.poller.is_empty()
+                        && st.stats.callbacks - st.callbacks_at_last_poll >= WAKEUP_DRAIN_EVERY);
                 (Some(0.0), poll, dead, now)
             } else {
                 let t = st.timers.next_deadline().map(|w| (w - now).max(0.0));
@@ -248,11 +298,15 @@ impl CoreLoop {
             }
         }
         let mut stale = Vec::new();
-        for r in scratch.drain(..).filter(|_| n_events > 0) {
+        for r in scratch.drain(..) {
             match r {
                 Ready::Callback(h) => this.state.borrow_mut(py).ready.push_back(h),
-                Ready::StaleReader(fd) => stale.extend(this.state.borrow_mut(py).poller.clear(fd, false)),
-                Ready::StaleWriter(fd) => stale.extend(this.state.borrow_mut(py).poller.clear(fd, true)),
+                Ready::StaleReader(fd) => {
+                    stale.extend(this.state.borrow_mut(py).poller.clear(fd, false))
+                }
+                Ready::StaleWriter(fd) => {
+                    stale.extend(this.state.borrow_mut(py).poller.clear(fd, true))
+                }
                 Ready::Internal(fd) => this.drain_wakeup(py, fd),
             }
         }
@@ -285,13 +339,20 @@ impl CoreLoop {
 
         let (ntodo, debug, slow, timed) = {
             let st = this.state.borrow_mut(py);
-            (st.ready.len(), st.debug, st.slow_callback_duration, st.debug || st.track_timing)
+            (
+                st.ready.len(),
+                st.debug,
+                st.slow_callback_duration,
+                st.debug || st.track_timing,
+            )
         };
         let mut ran = 0u64;
         let mut longest = 0.0f64;
         let result = (|| -> PyResult<()> {
             for _ in 0..ntodo {
-                let Some(h) = this.state.borrow_mut(py).ready.pop_front() else { break };
+                let Some(h) = this.state.borrow_mut(py).ready.pop_front() else {
+                    break;
+                };
                 let handle = h.get();
                 // Timing costs two clock reads per callback: only when someone asked.
                 let t0 = if timed { clock::monotonic() } else { 0.0 };
@@ -305,7 +366,12 @@ impl CoreLoop {
                     if pyhelpers::is_exit_exception(py, &e) {
                         return Err(e);
                     }
-                    pyhelpers::report_callback_error(py, Some(slf.as_any()), h.bind(py).as_any(), e)?;
+                    pyhelpers::report_callback_error(
+                        py,
+                        Some(slf.as_any()),
+                        h.bind(py).as_any(),
+                        e,
+                    )?;
                 }
                 if debug && dt >= slow {
                     pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
@@ -321,13 +387,28 @@ impl CoreLoop {
         result
     }
 
-    fn set_io(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, write: bool) -> PyResult<()> {
+    fn set_io(
+        slf: &Bound<'_, Self>,
+        fd_obj: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let method = if write { "add_writer" } else { "add_reader" };
         let debug = this.check_thread_and_callback(py, callback, method)?;
         let fd = fileobj_to_fd(fd_obj)?;
-        let handle = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), None, debug)?)?;
+        let handle = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                None,
+                debug,
+            )?,
+        )?;
         let previous = {
             let mut st = this.state.borrow_mut(py);
             st.poller.set(fd, handle, write)
@@ -335,7 +416,10 @@ impl CoreLoop {
         match previous {
             Ok(Some(old)) => Handle::cancel_py(old.bind(py)),
             Ok(None) => Ok(()),
-            Err(e) => Err(PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))),
+            Err(e) => Err(PyOSError::new_err((
+                e.raw_os_error().unwrap_or(0),
+                e.to_string(),
+            ))),
         }
     }
 
@@ -361,7 +445,10 @@ impl CoreLoop {
 impl CoreLoop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<Self> {
+    fn new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -372,8 +459,10 @@ impl CoreLoop {
             let _guard = rt.enter();
             // SAFETY: the epoll fd is owned by the Arc kept in `self.epoll`, so it stays
             // open and unchanged for as long as this registration lives.
-            unsafe { AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE) }
-                .map_err(|e| PyOSError::new_err(format!("cannot watch the epoll fd: {e}")))?
+            unsafe {
+                AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE)
+            }
+            .map_err(|e| PyOSError::new_err(format!("cannot watch the epoll fd: {e}")))?
         };
         Ok(CoreLoop {
             state: GilRefCell::new(LoopState {
@@ -390,6 +479,7 @@ impl CoreLoop {
                 wakeup: None,
                 stats: Stats::default(),
                 track_timing: false,
+                debug_value: None,
             }),
             remote: Arc::new(Remote::new()),
             epoll,
@@ -403,15 +493,36 @@ impl CoreLoop {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
-        let h = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), context, debug)?)?;
+        let h = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                context,
+                debug,
+            )?,
+        )?;
         self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
         Ok(h)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<Handle>> {
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
         let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
             Some(st) => (st.closed, st.debug, st.thread_id),
             None => (false, false, None),
@@ -420,32 +531,70 @@ impl CoreLoop {
             return Err(closed_error());
         }
         if debug && pyhelpers::is_coroutine_function(py, callback)? {
-            return Err(PyTypeError::new_err("coroutines cannot be used with call_soon_threadsafe()"));
+            return Err(PyTypeError::new_err(
+                "coroutines cannot be used with call_soon_threadsafe()",
+            ));
         }
         check_callable(py, callback, "call_soon_threadsafe")?;
-        let h = Py::new(py, Handle::new(py, callback.clone().unbind(), args.clone().unbind(), context, debug)?)?;
-        let on_loop_thread = thread_id == Some(current_thread_ident());
-        if on_loop_thread {
-            if let Some(mut st) = self.state.try_borrow_mut(py) {
+        let h = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                context,
+                debug,
+            )?,
+        )?;
+        let _ = thread_id;
+        // Holding the GIL is enough to append to the ready queue from any thread:
+        // the loop thread never keeps a borrow across a GIL release. That keeps
+        // asyncio's ordering (arrival order) exactly. The remote queue is only
+        // the fallback for a re-entrant call made while the state is borrowed.
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
                 st.ready.push_back(h.clone_ref(py));
-                return Ok(h);
+                drop(st);
+                self.remote.wake();
             }
+            None => self.remote.push(h.clone_ref(py)),
         }
-        self.remote.push(h.clone_ref(py));
         Ok(h)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(&self, py: Python<'_>, delay: Option<f64>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: Option<f64>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
         let Some(delay) = delay else {
             return Err(PyTypeError::new_err("delay must not be None"));
         };
-        let debug = self.check_thread_and_callback(py, callback, "call_later")?;
-        self.schedule_timer(py, clock::monotonic() + delay, callback, args, context, debug)
+        // asyncio's call_later goes through call_at, and its errors name call_at.
+        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
+        self.schedule_timer(
+            py,
+            clock::monotonic() + delay,
+            callback,
+            args,
+            context,
+            debug,
+        )
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(&self, py: Python<'_>, when: Option<f64>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>, context: Option<Py<PyAny>>) -> PyResult<Py<TimerHandle>> {
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: Option<f64>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
         let Some(when) = when else {
             return Err(PyTypeError::new_err("when cannot be None"));
         };
@@ -464,7 +613,9 @@ impl CoreLoop {
                 return Err(closed_error());
             }
             if st.running {
-                return Err(PyRuntimeError::new_err("This event loop is already running"));
+                return Err(PyRuntimeError::new_err(
+                    "This event loop is already running",
+                ));
             }
             st.running = true;
             st.thread_id = Some(current_thread_ident());
@@ -474,7 +625,8 @@ impl CoreLoop {
         let mut due = Vec::new();
         let mut remote_in = Vec::new();
         let result = loop {
-            if let Err(e) = Self::run_once(slf, &mut events, &mut scratch, &mut due, &mut remote_in) {
+            if let Err(e) = Self::run_once(slf, &mut events, &mut scratch, &mut due, &mut remote_in)
+            {
                 break Err(e);
             }
             if this.state.borrow_mut(py).stopping {
@@ -493,11 +645,17 @@ impl CoreLoop {
     }
 
     fn is_running(&self, py: Python<'_>) -> bool {
-        self.state.try_borrow_mut(py).map(|s| s.running).unwrap_or(true)
+        self.state
+            .try_borrow_mut(py)
+            .map(|s| s.running)
+            .unwrap_or(true)
     }
 
     fn is_closed(&self, py: Python<'_>) -> bool {
-        self.state.try_borrow_mut(py).map(|s| s.closed).unwrap_or(false)
+        self.state
+            .try_borrow_mut(py)
+            .map(|s| s.closed)
+            .unwrap_or(false)
     }
 
     /// Marks the loop closed and drops every pending callback, timer and fd
@@ -516,7 +674,12 @@ impl CoreLoop {
             if let Some((r, _)) = &wakeup {
                 st.poller.remove_internal(r.as_raw_fd());
             }
-            (std::mem::take(&mut st.ready), st.timers.take_all(), st.poller.take_all(), wakeup)
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.take_all(),
+                st.poller.take_all(),
+                wakeup,
+            )
         };
         drop((ready, timers, fds, wakeup));
         let mut leftover = Vec::new();
@@ -525,12 +688,56 @@ impl CoreLoop {
         Ok(true)
     }
 
-    fn get_debug(&self, py: Python<'_>) -> bool {
-        self.state.try_borrow_mut(py).map(|s| s.debug).unwrap_or(false)
+    /// Returns exactly what was given to set_debug(), as asyncio does.
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        match self.state.try_borrow_mut(py) {
+            Some(st) => match &st.debug_value {
+                Some(v) => v.clone_ref(py),
+                None => pyo3::types::PyBool::new(py, st.debug)
+                    .to_owned()
+                    .into_any()
+                    .unbind(),
+            },
+            None => pyo3::types::PyBool::new(py, false)
+                .to_owned()
+                .into_any()
+                .unbind(),
+        }
     }
 
-    fn _set_debug_core(&self, py: Python<'_>, enabled: bool) {
-        self.state.borrow_mut(py).debug = enabled;
+    fn _set_debug_core(&self, py: Python<'_>, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let flag = enabled.is_truthy()?;
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.debug = flag;
+            st.debug_value.replace(enabled.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_mut_in_gc() {
+            for h in st.ready.iter() {
+                visit.call(h)?;
+            }
+            st.timers.traverse(&visit)?;
+            st.poller.traverse(&visit)?;
+            visit.call(&st.debug_value)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.state.try_borrow_mut_in_gc().map(|mut st| {
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.take_all(),
+                st.poller.take_all(),
+                st.debug_value.take(),
+            )
+        });
+        drop(taken);
     }
 
     #[getter]
@@ -577,12 +784,22 @@ impl CoreLoop {
     }
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::set_io(slf, fd, callback, args, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::set_io(slf, fd, callback, args, true)
     }
 
@@ -595,7 +812,11 @@ impl CoreLoop {
     }
 
     /// The handle currently registered as reader or writer of `fd`, if any.
-    fn _get_io_handle(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<Option<Py<Handle>>> {
+    fn _get_io_handle(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        write: bool,
+    ) -> PyResult<Option<Py<Handle>>> {
         let py = slf.py();
         let fd = fileobj_to_fd(fd)?;
         Ok(slf.get().state.borrow_mut(py).poller.get(py, fd, write))
@@ -614,7 +835,12 @@ impl CoreLoop {
         let mut fds = [0i32; 2];
         // SAFETY: `fds` is a valid out-array of two ints.
         let rc = unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
         };
         if rc < 0 {
             return Err(std::io::Error::last_os_error().into());

@@ -30,4 +30,12 @@ impl<T> GilRefCell<T> {
     pub fn try_borrow_mut<'a>(&'a self, _py: Python<'_>) -> Option<RefMut<'a, T>> {
         self.0.try_borrow_mut().ok()
     }
+
+    /// For the GC slots (`__traverse__`/`__clear__`), which CPython only calls
+    /// with the GIL held but without handing us a token. A busy cell is skipped:
+    /// under-reporting references only keeps objects alive, never frees them early.
+    #[inline]
+    pub fn try_borrow_mut_in_gc(&self) -> Option<RefMut<'_, T>> {
+        self.0.try_borrow_mut().ok()
+    }
 }

@@ -5,8 +5,10 @@ use crate::pyhelpers;
 use pyo3::basic::CompareOp;
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use pyo3::PyTraverseError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -19,9 +21,11 @@ struct HandleInner {
     // towards the heap's cancelled-entry statistics.
     scheduled: bool,
     repr_when_cancelled: Option<String>,
+    // Where the handle was created, recorded in debug mode only (asyncio's `_source_traceback`).
+    source_traceback: Option<Py<PyAny>>,
 }
 
-#[pyclass(module = "tokioloop._tokioloop", subclass, frozen, freelist = 512)]
+#[pyclass(module = "tokioloop._tokioloop", subclass, frozen)]
 pub struct Handle {
     inner: GilRefCell<HandleInner>,
     context: Py<PyAny>,
@@ -40,6 +44,11 @@ impl Handle {
             Some(c) if !c.is_none(py) => c,
             _ => copy_current_context(py)?,
         };
+        let source_traceback = if debug {
+            Some(pyhelpers::extract_stack(py)?)
+        } else {
+            None
+        };
         Ok(Handle {
             inner: GilRefCell::new(HandleInner {
                 callback: Some(callback),
@@ -47,6 +56,7 @@ impl Handle {
                 cancelled: false,
                 scheduled: false,
                 repr_when_cancelled: None,
+                source_traceback,
             }),
             context,
             debug,
@@ -97,7 +107,10 @@ impl Handle {
 
     /// Marks the handle cancelled and returns what it held, so the caller can
     /// drop the user's objects outside any borrow (their `__del__` may re-enter).
-    fn cancel_inner(&self, py: Python<'_>) -> Option<(Option<Py<PyAny>>, Option<Py<PyTuple>>, bool)> {
+    fn cancel_inner(
+        &self,
+        py: Python<'_>,
+    ) -> Option<(Option<Py<PyAny>>, Option<Py<PyTuple>>, bool)> {
         let mut inner = self.inner.borrow_mut(py);
         if inner.cancelled {
             return None;
@@ -113,19 +126,20 @@ impl Handle {
     }
 
     fn repr_with(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<String> {
-        let (cb, args, cancelled, cached) = {
+        let (cb, args, cancelled, cached, tb) = {
             let inner = self.inner.borrow_mut(py);
             (
                 inner.callback.as_ref().map(|c| c.clone_ref(py)),
                 inner.args.as_ref().map(|a| a.clone_ref(py)),
                 inner.cancelled,
                 inner.repr_when_cancelled.clone(),
+                inner.source_traceback.as_ref().map(|t| t.clone_ref(py)),
             )
         };
         if let Some(s) = cached {
             return Ok(s);
         }
-        pyhelpers::format_handle_repr(py, kind, cancelled, cb, args, when)
+        pyhelpers::format_handle_repr(py, kind, cancelled, cb, args, when, tb)
     }
 
     fn cache_repr_if_debug(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<()> {
@@ -195,12 +209,20 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.inner.borrow_mut(py).callback.as_ref().map(|c| c.clone_ref(py))
+        self.inner
+            .borrow_mut(py)
+            .callback
+            .as_ref()
+            .map(|c| c.clone_ref(py))
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.inner.borrow_mut(py).args.as_ref().map(|c| c.clone_ref(py))
+        self.inner
+            .borrow_mut(py)
+            .args
+            .as_ref()
+            .map(|c| c.clone_ref(py))
     }
 
     #[getter]
@@ -214,8 +236,33 @@ impl Handle {
     }
 
     #[getter]
-    fn _source_traceback(&self) -> Option<Py<PyAny>> {
-        None
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner
+            .borrow_mut(py)
+            .source_traceback
+            .as_ref()
+            .map(|t| t.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
+            visit.call(&inner.callback)?;
+            visit.call(&inner.args)?;
+            visit.call(&inner.source_traceback)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.inner.try_borrow_mut_in_gc().map(|mut inner| {
+            (
+                inner.callback.take(),
+                inner.args.take(),
+                inner.source_traceback.take(),
+            )
+        });
+        drop(taken);
     }
 
     /// Runs the callback as asyncio's `Handle._run` does, errors going to the
@@ -238,7 +285,7 @@ impl Handle {
 /// so the heap can be compacted before dead entries pile up.
 pub type CancelCounter = Arc<AtomicUsize>;
 
-#[pyclass(module = "tokioloop._tokioloop", extends = Handle, frozen, freelist = 256)]
+#[pyclass(module = "tokioloop._tokioloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     pub when: f64,
     counter: CancelCounter,
@@ -256,12 +303,22 @@ impl TimerHandle {
     ) -> PyResult<Bound<'_, TimerHandle>> {
         let base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
-        Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when, counter }))
+        Bound::new(
+            py,
+            PyClassInitializer::from(base).add_subclass(TimerHandle { when, counter }),
+        )
     }
 }
 
 #[pymethods]
 impl TimerHandle {
+    // Present so the subclass stays GC-tracked; the base class visits the references.
+    fn __traverse__(&self, _visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        Ok(())
+    }
+
+    fn __clear__(&self) {}
+
     fn when(&self) -> f64 {
         self.when
     }
@@ -310,7 +367,11 @@ impl TimerHandle {
         }
     }
 
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
@@ -325,7 +386,10 @@ impl TimerHandle {
             CompareOp::Eq => eq_handles(slf, other)?,
             CompareOp::Ne => !eq_handles(slf, other)?,
         };
-        Ok(pyo3::types::PyBool::new(py, res).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, res)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 
@@ -338,11 +402,19 @@ fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
     let hb: &Handle = b.as_super().get();
     let (ca, aa, xa) = {
         let i = ha.inner.borrow_mut(py);
-        (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|c| c.clone_ref(py)), i.cancelled)
+        (
+            i.callback.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.cancelled,
+        )
     };
     let (cb, ab, xb) = {
         let i = hb.inner.borrow_mut(py);
-        (i.callback.as_ref().map(|c| c.clone_ref(py)), i.args.as_ref().map(|c| c.clone_ref(py)), i.cancelled)
+        (
+            i.callback.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.cancelled,
+        )
     };
     if xa != xb {
         return Ok(false);
@@ -362,7 +434,9 @@ pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str)
         return Ok(());
     }
     if pyhelpers::is_coroutine(py, callback)? {
-        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+        return Err(PyTypeError::new_err(format!(
+            "coroutines cannot be used with {method}()"
+        )));
     }
     Err(PyTypeError::new_err(format!(
         "a callable object was expected by {method}(), got {}",

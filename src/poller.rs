@@ -92,6 +92,7 @@ pub enum Ready {
 pub struct Poller {
     pub epoll: std::sync::Arc<EpollFd>,
     fds: HashMap<RawFd, Interest>,
+    internal_count: usize,
 }
 
 impl Poller {
@@ -99,11 +100,17 @@ impl Poller {
         Poller {
             epoll,
             fds: HashMap::new(),
+            internal_count: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
+    }
+
+    /// Whether any fd other than our own wake-up socket is watched.
+    pub fn has_user_fds(&self) -> bool {
+        self.fds.len() > self.internal_count
     }
 
     fn apply(&mut self, fd: RawFd, old_mask: u32) -> io::Result<()> {
@@ -112,7 +119,9 @@ impl Poller {
             self.fds.remove(&fd);
             match self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
                 // The fd was closed under us; the kernel already forgot it.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => {
+                    Ok(())
+                }
                 r => r,
             }
         } else if old_mask == 0 {
@@ -138,16 +147,29 @@ impl Poller {
     }
 
     /// Installs `handle` as the reader (or writer) of `fd`, returning the one it replaces.
-    pub fn set(&mut self, fd: RawFd, handle: Py<Handle>, write: bool) -> io::Result<Option<Py<Handle>>> {
+    pub fn set(
+        &mut self,
+        fd: RawFd,
+        handle: Py<Handle>,
+        write: bool,
+    ) -> io::Result<Option<Py<Handle>>> {
         let entry = self.fds.entry(fd).or_default();
         let old_mask = entry.mask();
-        let slot = if write { &mut entry.writer } else { &mut entry.reader };
+        let slot = if write {
+            &mut entry.writer
+        } else {
+            &mut entry.reader
+        };
         let previous = slot.replace(handle);
         match self.apply(fd, old_mask) {
             Ok(()) => Ok(previous),
             Err(e) => {
                 if let Some(entry) = self.fds.get_mut(&fd) {
-                    let slot = if write { &mut entry.writer } else { &mut entry.reader };
+                    let slot = if write {
+                        &mut entry.writer
+                    } else {
+                        &mut entry.reader
+                    };
                     *slot = previous;
                 }
                 Err(e)
@@ -159,7 +181,11 @@ impl Poller {
     pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Py<Handle>> {
         let entry = self.fds.get_mut(&fd)?;
         let old_mask = entry.mask();
-        let slot = if write { &mut entry.writer } else { &mut entry.reader };
+        let slot = if write {
+            &mut entry.writer
+        } else {
+            &mut entry.reader
+        };
         let previous = slot.take()?;
         let _ = self.apply(fd, old_mask);
         Some(previous)
@@ -174,14 +200,20 @@ impl Poller {
     pub fn add_internal(&mut self, fd: RawFd) -> io::Result<()> {
         let entry = self.fds.entry(fd).or_default();
         let old_mask = entry.mask();
-        entry.internal = true;
+        if !entry.internal {
+            entry.internal = true;
+            self.internal_count += 1;
+        }
         self.apply(fd, old_mask)
     }
 
     pub fn remove_internal(&mut self, fd: RawFd) {
         if let Some(entry) = self.fds.get_mut(&fd) {
             let old_mask = entry.mask();
-            entry.internal = false;
+            if entry.internal {
+                entry.internal = false;
+                self.internal_count -= 1;
+            }
             let _ = self.apply(fd, old_mask);
         }
     }
@@ -191,7 +223,9 @@ impl Poller {
     pub fn dispatch(&self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
         for ev in events {
             let fd = ev.u64 as RawFd;
-            let Some(interest) = self.fds.get(&fd) else { continue };
+            let Some(interest) = self.fds.get(&fd) else {
+                continue;
+            };
             let bits = ev.events;
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
@@ -221,11 +255,22 @@ impl Poller {
 
     pub fn take_all(&mut self) -> Vec<Py<Handle>> {
         let mut out = Vec::new();
+        self.internal_count = 0;
         for (fd, i) in self.fds.drain() {
             let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0);
             out.extend(i.reader);
             out.extend(i.writer);
         }
         out
+    }
+}
+
+impl Poller {
+    pub fn traverse(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for i in self.fds.values() {
+            visit.call(&i.reader)?;
+            visit.call(&i.writer)?;
+        }
+        Ok(())
     }
 }

@@ -25,9 +25,13 @@ pub fn format_handle_repr(
     callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
     when: Option<f64>,
+    source_traceback: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     support(py)?
-        .call_method1("format_handle_repr", (kind, cancelled, callback, args, when))?
+        .call_method1(
+            "format_handle_repr",
+            (kind, cancelled, callback, args, when, source_traceback),
+        )?
         .extract()
 }
 
@@ -54,5 +58,12 @@ pub fn is_coroutine(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 pub fn is_coroutine_function(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    support(py)?.call_method1("is_coroutine_function", (obj,))?.extract()
+    support(py)?
+        .call_method1("is_coroutine_function", (obj,))?
+        .extract()
+}
+
+/// asyncio's `format_helpers.extract_stack` of the caller, for debug-mode handles.
+pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    Ok(support(py)?.call_method0("extract_stack")?.unbind())
 }

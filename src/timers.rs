@@ -65,7 +65,11 @@ impl TimerHeap {
     pub fn push(&mut self, when: f64, handle: Py<TimerHandle>) {
         self.seq += 1;
         // NaN would never compare due; asyncio runs such a timer at once, so do we.
-        let when = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        let when = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
         self.heap.push(Entry {
             when,
             seq: self.seq,
@@ -128,6 +132,19 @@ impl TimerHeap {
 
     pub fn take_all(&mut self) -> Vec<Py<TimerHandle>> {
         self.cancelled.store(0, Ordering::Relaxed);
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.handle).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.handle)
+            .collect()
+    }
+}
+
+impl TimerHeap {
+    pub fn traverse(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for e in self.heap.iter() {
+            visit.call(&e.handle)?;
+        }
+        Ok(())
     }
 }

@@ -474,3 +474,37 @@ def test_call_later_none_delay_like_stdlib():
     assert std[0] == ("raise", TypeError, "delay must not be None")
     assert std[1] == ("raise", TypeError, "when cannot be None")
     assert tl == std
+
+
+class _CycleHolder:
+    def method(self):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["call_soon", "call_later", "call_soon_threadsafe"])
+def test_reference_cycle_through_handle_is_collectable(loop, kind):
+    # obj -> handle -> bound method -> obj: only the cyclic GC can free it, so
+    # the Handle type must take part in garbage collection.
+    o = _CycleHolder()
+    if kind == "call_soon":
+        o.h = loop.call_soon(o.method)
+    elif kind == "call_soon_threadsafe":
+        o.h = loop.call_soon_threadsafe(o.method)
+    else:
+        o.h = loop.call_later(0, o.method)
+    wr = weakref.ref(o)
+    del o
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert wr() is None, "reference cycle through a Handle was not collected"
+
+
+def test_reference_cycle_through_pending_timer_collectable_after_close(loop):
+    o = _CycleHolder()
+    o.h = loop.call_later(3600, o.method)
+    wr = weakref.ref(o)
+    del o
+    loop.close()
+    gc.collect()
+    assert wr() is None

@@ -26,7 +26,7 @@ def test_set_debug_truthy_values_like_stdlib():
         out = []
         for v in (1, 0, "yes", ""):
             lp.set_debug(v)
-            out.append(lp.get_debug())
+            out.append(bool(lp.get_debug()))
         return out
 
     std, tl = run_scenario_on_both(scen)

@@ -128,22 +128,6 @@ def test_shutdown_default_executor_timeout_positional(tloop):
     tloop.run_until_complete(tloop.shutdown_default_executor(timeout=5))
 
 
-@pytest.mark.tokioloop_only
-def test_shutdown_default_executor_timeout_expires(tloop):
-    release = threading.Event()
-    tloop.run_in_executor(None, release.wait, 10)
-    t0 = time.monotonic()
-    try:
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            tloop.run_until_complete(tloop.shutdown_default_executor(0.2))
-        elapsed = time.monotonic() - t0
-        assert 0.15 <= elapsed < 2.0, elapsed
-        assert any(issubclass(x.category, RuntimeWarning) for x in w), [str(x.message) for x in w]
-    finally:
-        release.set()
-
-
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="stdlib timeout parameter is 3.12+")
 def test_shutdown_default_executor_timeout_like_stdlib():
     def scen(lp):

@@ -471,3 +471,30 @@ def test_asyncgen_after_shutdown_asyncgens_like_stdlib():
 
     std, tl = run_scenario_on_both(scen)
     assert tl == std
+
+
+def test_pending_task_collected_after_close_like_stdlib(caplog):
+    """A task suspended in asyncio.sleep() when its loop is closed forms a
+    cycle task -> coroutine -> TimerHandle -> future -> task; the stdlib frees
+    it and logs 'Task was destroyed but it is pending!'."""
+    import logging
+    import weakref
+
+    def scen(lp):
+        async def forever():
+            await asyncio.sleep(3600)
+
+        t = lp.create_task(forever())
+        run_once(lp)
+        wr = weakref.ref(t)
+        del t
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            lp.close()
+            gc.collect()
+        msgs = [r.getMessage().splitlines()[0] for r in caplog.records if r.name == "asyncio"]
+        return wr() is None, msgs
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (True, ["Task was destroyed but it is pending!"])
+    assert tl == std

@@ -219,7 +219,7 @@ class Loop(CoreLoop, asyncio.AbstractEventLoop):
     # ----------------------------------------------------------------- debug
 
     def set_debug(self, enabled):
-        self._set_debug_core(bool(enabled))
+        self._set_debug_core(enabled)
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
 

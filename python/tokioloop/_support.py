@@ -4,11 +4,12 @@ debug logging). Kept out of the hot path on purpose."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from asyncio import coroutines, events, format_helpers
 from asyncio.log import logger
 
 
-def format_handle_repr(kind, cancelled, callback, args, when):
+def format_handle_repr(kind, cancelled, callback, args, when, source_traceback=None):
     info = [kind]
     if cancelled:
         info.append("cancelled")
@@ -16,7 +17,16 @@ def format_handle_repr(kind, cancelled, callback, args, when):
         info.append(f"when={when}")
     if callback is not None:
         info.append(format_helpers._format_callback_source(callback, args or ()))
+    if source_traceback:
+        frame = source_traceback[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
     return "<{}>".format(" ".join(info))
+
+
+def extract_stack():
+    # Skip this helper and the Rust frame's caller chain down to user code:
+    # the innermost Python frame is the one that called call_soon/call_later.
+    return format_helpers.extract_stack(sys._getframe(1))
 
 
 def _current_loop():
