@@ -75,6 +75,26 @@ out["blocked_latency_ok"] = (time.monotonic() - t0) < 0.6
 out["blocked_got"] = len(got)
 h.cancel()
 
+# 2b. latency of handling while blocked: the spec says within 100 ms
+lat = []
+sent_at = []
+def on_usr1_lat():
+    lat.append(time.monotonic() - sent_at[0])
+    loop.stop()
+loop.add_signal_handler(signal.SIGUSR1, on_usr1_lat)
+h = loop.call_later(30, loop.stop)
+def send_later2():
+    time.sleep(0.1)
+    sent_at.append(time.monotonic())
+    os.kill(os.getpid(), signal.SIGUSR1)
+threading.Thread(target=send_later2).start()
+loop.run_forever()
+h.cancel()
+out["latency_under_100ms"] = bool(lat) and lat[0] < 0.1
+if not out["latency_under_100ms"]:
+    out["latency"] = lat
+loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+
 # 3. replacing the handler
 got.clear()
 got2 = []
@@ -133,6 +153,7 @@ def test_signal_delivery(tmp_path, kind):
         "basic": [[["a", 1], True, True]],
         "blocked_latency_ok": True,
         "blocked_got": 1,
+        "latency_under_100ms": True,
         "replaced": [0, ["second"]],
         "both": ["usr1", "usr2"],
         "remove1": True,
@@ -389,3 +410,34 @@ def test_plain_python_signal_handler_runs_while_loop_blocked(tmp_path, kind):
     p = run_python([script, kind], timeout=20)
     assert p.returncode == 0, p.stderr
     assert f"hits [{int(signal.SIGUSR1)}] fast True" in p.stdout, p.stdout
+
+
+_SIGINT_LATENCY = """
+import os, signal, threading, time
+loop = new_loop()
+loop.call_later(30, loop.stop)
+sent = []
+def later():
+    time.sleep(0.2)
+    sent.append(time.monotonic())
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=later).start()
+try:
+    if sys.argv[2] == "run_forever":
+        loop.run_forever()
+    else:
+        loop.run_until_complete(asyncio.sleep(30))
+except KeyboardInterrupt:
+    print("latency", time.monotonic() - sent[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("mode", ["run_forever", "run_until_complete"])
+def test_sigint_handled_within_100ms(tmp_path, kind, mode):
+    script = _script(tmp_path, _SIGINT_LATENCY)
+    p = run_python([script, kind, mode], timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("latency "), (p.stdout, p.stderr)
+    latency = float(p.stdout.split()[1])
+    assert latency < 0.1, f"{kind}: SIGINT handled after {latency * 1000:.0f} ms"
