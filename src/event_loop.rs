@@ -7,6 +7,7 @@
 //! from another thread.
 
 use crate::clock;
+use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
 use crate::handles::{check_callable, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
@@ -62,6 +63,7 @@ struct LoopState {
     stats: Stats,
     track_timing: bool,
     debug_value: Option<Py<PyAny>>,
+    deadline: Option<DeadlineTimer>,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, name = "CoreLoop")]
@@ -280,6 +282,13 @@ impl CoreLoop {
                 0
             }
         } else {
+            let timeout = match (timeout, this.state.borrow_mut(py).deadline.as_mut()) {
+                (Some(t), Some(timer)) => match timer.arm(now + t) {
+                    Ok(()) => None,
+                    Err(_) => Some(t),
+                },
+                (t, _) => t,
+            };
             this.block(py, timeout, events)
         };
 
@@ -307,7 +316,15 @@ impl CoreLoop {
                 Ready::StaleWriter(fd) => {
                     stale.extend(this.state.borrow_mut(py).poller.clear(fd, true))
                 }
-                Ready::Internal(fd) => this.drain_wakeup(py, fd),
+                Ready::Internal(fd) => {
+                    this.drain_wakeup(py, fd);
+                    let mut st = this.state.borrow_mut(py);
+                    if let Some(timer) = st.deadline.as_mut() {
+                        if timer.raw_fd() == fd {
+                            timer.fired();
+                        }
+                    }
+                }
             }
         }
         drop(stale);
@@ -464,11 +481,16 @@ impl CoreLoop {
             }
             .map_err(|e| PyOSError::new_err(format!("cannot watch the epoll fd: {e}")))?
         };
+        let mut poller = Poller::new(epoll.clone());
+        // Without a timerfd (never seen on Linux) the loop falls back to tokio's sleep.
+        let deadline = DeadlineTimer::new()
+            .ok()
+            .filter(|t| poller.add_internal(t.raw_fd()).is_ok());
         Ok(CoreLoop {
             state: GilRefCell::new(LoopState {
                 ready: VecDeque::with_capacity(1024),
                 timers: TimerHeap::new(),
-                poller: Poller::new(epoll.clone()),
+                poller,
                 stopping: false,
                 running: false,
                 closed: false,
@@ -480,6 +502,7 @@ impl CoreLoop {
                 stats: Stats::default(),
                 track_timing: false,
                 debug_value: None,
+                deadline,
             }),
             remote: Arc::new(Remote::new()),
             epoll,

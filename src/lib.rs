@@ -1,6 +1,7 @@
 //! tokioloop: asyncio's event loop, in Rust on a tokio current-thread runtime.
 
 mod clock;
+mod deadline;
 mod event_loop;
 mod gil_cell;
 mod handles;

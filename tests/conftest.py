@@ -18,75 +18,7 @@ import threading
 
 import pytest
 
-# ---------------------------------------------------------------------------
-# TEMPORARY HACK (to be removed once tokioloop builds): with
-# TOKIOLOOP_TEST_FAKE=1, "tokioloop" is a tiny stand-in package built on the
-# stdlib loop so that the tests themselves can be validated.
-# ---------------------------------------------------------------------------
-if os.environ.get("TOKIOLOOP_TEST_FAKE") == "1":
-    import tempfile
-
-    _fake_dir = tempfile.mkdtemp(prefix="fake_tokioloop_")
-    os.makedirs(os.path.join(_fake_dir, "tokioloop"))
-    with open(os.path.join(_fake_dir, "tokioloop", "__init__.py"), "w") as f:
-        f.write(textwrap.dedent('''
-            import asyncio, threading, warnings
-            __version__ = "0.0.0+fake"
-
-            class Loop(asyncio.SelectorEventLoop):
-                async def shutdown_default_executor(self, timeout=None):
-                    self._executor_shutdown_called = True
-                    if self._default_executor is None:
-                        return
-                    future = self.create_future()
-                    thread = threading.Thread(target=self._do_shutdown, args=(future,))
-                    thread.start()
-                    try:
-                        await asyncio.wait_for(asyncio.shield(future), timeout)
-                    except asyncio.TimeoutError:
-                        warnings.warn("The executor did not finishing joining "
-                                      f"its threads within {timeout} seconds.",
-                                      RuntimeWarning, stacklevel=2)
-                        self._default_executor.shutdown(wait=False)
-                    else:
-                        thread.join()
-
-            def new_event_loop():
-                return Loop()
-
-            class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-                _loop_factory = Loop
-
-            def install():
-                asyncio.set_event_loop_policy(EventLoopPolicy())
-
-            def run(main, *, debug=None):
-                with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as r:
-                    return r.run(main)
-        '''))
-    with open(os.path.join(_fake_dir, "tokioloop", "__main__.py"), "w") as f:
-        f.write(textwrap.dedent('''
-            import os, runpy, sys
-            import tokioloop
-            args = sys.argv[1:]
-            if not args:
-                sys.exit("usage: python -m tokioloop script.py [args] | -m module [args]")
-            tokioloop.install()
-            if args[0] == "-m":
-                sys.argv = [args[1]] + args[2:]
-                runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-            else:
-                sys.argv = args
-                sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
-                runpy.run_path(args[0], run_name="__main__")
-        '''))
-    sys.path.insert(0, _fake_dir)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [_fake_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-# --------------------------- end of temporary hack -------------------------
-
-import tokioloop  # noqa: E402
+import tokioloop
 
 LOOP_KINDS = ["asyncio", "tokioloop"]
 

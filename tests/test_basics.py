@@ -584,3 +584,21 @@ def test_anyio_on_tokioloop():
 
 def test_python_version_supported():
     assert sys.version_info >= (3, 11)
+
+
+def test_unclosed_loop_resource_warning_like_stdlib():
+    import warnings
+
+    def scen(kind):
+        lp = make_loop(kind)
+        lp.run_until_complete(asyncio.sleep(0))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            del lp
+            gc.collect()
+        return [(x.category, str(x.message).split(" ", 2)[:2]) for x in w]
+
+    std = scen("asyncio")
+    tl = scen("tokioloop")
+    assert std == [(ResourceWarning, ["unclosed", "event"])]
+    assert tl == std

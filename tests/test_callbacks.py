@@ -508,3 +508,118 @@ def test_reference_cycle_through_pending_timer_collectable_after_close(loop):
     loop.close()
     gc.collect()
     assert wr() is None
+
+
+def test_throughput_sanity_call_soon(loop):
+    # Not a benchmark: only catches pathological (e.g. quadratic) behaviour.
+    n = 200_000
+    count = [0]
+
+    def cb():
+        count[0] += 1
+
+    t0 = time.monotonic()
+    for _ in range(n):
+        loop.call_soon(cb)
+    run_once(loop)
+    assert count[0] == n
+    assert time.monotonic() - t0 < 5
+
+
+# --------------------------------------------------------------------------
+# Re-entrancy from finalizers (a classic trap for native loops: a __del__
+# triggered while the loop manipulates its queues schedules more work)
+# --------------------------------------------------------------------------
+
+
+class _SchedulesOnDel:
+    def __init__(self, loop, trace, tag, how="call_soon"):
+        self.loop, self.trace, self.tag, self.how = loop, trace, tag, how
+
+    def __del__(self):
+        try:
+            if self.how == "call_soon":
+                self.loop.call_soon(self.trace.append, ("from-del", self.tag))
+            elif self.how == "call_later":
+                self.loop.call_later(0, self.trace.append, ("from-del", self.tag))
+            else:
+                self.loop.call_soon_threadsafe(self.trace.append, ("from-del", self.tag))
+        except RuntimeError as e:
+            self.trace.append(("del-error", self.tag, str(e)))
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later", "call_soon_threadsafe"])
+def test_finalizer_scheduling_during_loop_operations_like_stdlib(how):
+    def scen(lp):
+        trace = []
+
+        def noop(arg):
+            trace.append(("ran", arg.tag))
+
+        # 1. args released after the handle ran
+        lp.call_soon(noop, _SchedulesOnDel(lp, trace, "ran-handle", how))
+        # 2. args released on cancel
+        lp.call_later(3600, noop, _SchedulesOnDel(lp, trace, "cancelled-timer", how)).cancel()
+        lp.call_soon(noop, _SchedulesOnDel(lp, trace, "cancelled-handle", how)).cancel()
+        # 3. a fired timer
+        lp.call_later(0, noop, _SchedulesOnDel(lp, trace, "fired-timer", how))
+        for _ in range(3):
+            lp.call_soon(lp.stop)
+            lp.run_forever()
+        gc.collect()
+        for _ in range(2):
+            lp.call_soon(lp.stop)
+            lp.run_forever()
+        # 4. released when the loop is closed
+        lp.call_later(3600, noop, _SchedulesOnDel(lp, trace, "pending-at-close", how))
+        lp.call_soon(noop, _SchedulesOnDel(lp, trace, "ready-at-close", how))
+        lp.close()
+        gc.collect()
+        return sorted(map(repr, trace))
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std
+
+
+def test_cancel_own_handle_inside_callback_like_stdlib():
+    def scen(lp):
+        out = []
+        hs = {}
+
+        def cb():
+            hs["h"].cancel()
+            out.append(hs["h"].cancelled())
+
+        hs["h"] = lp.call_soon(cb)
+        hs["t"] = lp.call_later(0, lambda: (hs["t"].cancel(), out.append(hs["t"].cancelled())))
+        lp.call_later(0.01, lp.stop)
+        lp.run_forever()
+        fired = lp.call_soon(lambda: None)
+        run_once(lp)
+        fired.cancel()
+        out.append(fired.cancelled())
+        return out
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std
+
+
+def test_callback_closing_over_loop_stop_and_reschedule_like_stdlib():
+    def scen(lp):
+        trace = []
+
+        def cb(n):
+            trace.append(n)
+            if n < 6:
+                lp.call_soon(cb, n + 1)
+            if n % 2 == 0:
+                lp.stop()
+
+        lp.call_soon(cb, 0)
+        for i in range(4):
+            lp.run_forever()
+            trace.append("|")
+        return trace
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std

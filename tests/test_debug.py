@@ -256,3 +256,23 @@ def test_debug_mode_reports_task_destroyed_pending(caplog):
     std, tl = run_scenario_on_both(scen)
     assert std == ["Task was destroyed but it is pending!"]
     assert tl == std
+
+
+def test_set_debug_while_running_like_stdlib():
+    def scen(lp):
+        async def main():
+            before = sys.get_coroutine_origin_tracking_depth()
+            lp.set_debug(True)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            during = sys.get_coroutine_origin_tracking_depth()
+            lp.set_debug(False)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return before, during, sys.get_coroutine_origin_tracking_depth(), lp.get_debug()
+
+        return lp.run_until_complete(main()), sys.get_coroutine_origin_tracking_depth()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0][1] > 0
+    assert tl == std

@@ -277,3 +277,35 @@ def test_no_spurious_log_output_for_clean_run(loop, caplog):
         loop.run_until_complete(loop.shutdown_asyncgens())
     bad = [r for r in _records(caplog) if r[1] in ("ERROR", "WARNING", "CRITICAL")]
     assert bad == []
+
+
+def test_system_exit_in_coroutine_propagates_like_stdlib():
+    def scen(lp):
+        async def main():
+            await asyncio.sleep(0)
+            raise SystemExit(5)
+
+        try:
+            lp.run_until_complete(main())
+        except SystemExit as e:
+            return "SystemExit", e.code, lp.is_running()
+        return None
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == ("SystemExit", 5, False)
+    assert tl == std
+
+
+def test_system_exit_via_run_exit_code():
+    from conftest import run_python
+
+    p = run_python(
+        """
+        import asyncio, sys, tokioloop
+        async def main():
+            await asyncio.sleep(0.001)
+            sys.exit(5)
+        tokioloop.run(main())
+        """
+    )
+    assert p.returncode == 5, p.stderr

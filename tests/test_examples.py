@@ -102,12 +102,12 @@ def test_gather_two_tasks_concurrently(run):
 
     async def main():
         t0 = time.monotonic()
-        res = await asyncio.gather(compute(3, 0.1), compute(4, 0.1))
+        res = await asyncio.gather(compute(3, 0.15), compute(4, 0.15))
         return res, time.monotonic() - t0
 
     res, elapsed = run(main())
     assert res == [9, 16]
-    assert 0.1 <= elapsed < 0.19
+    assert 0.15 <= elapsed < 0.28  # sequential would be >= 0.3
 
 
 def test_create_task(run, capsys):
@@ -116,16 +116,16 @@ def test_create_task(run, capsys):
         print(what)
 
     async def main():
-        task1 = asyncio.create_task(say_after(0.1, "hello"))
-        task2 = asyncio.create_task(say_after(0.05, "world"))
         t0 = time.monotonic()
+        task1 = asyncio.create_task(say_after(0.15, "hello"))
+        task2 = asyncio.create_task(say_after(0.1, "world"))
         await task1
         await task2
         return time.monotonic() - t0
 
     elapsed = run(main())
     assert capsys.readouterr().out == "world\nhello\n"
-    assert 0.1 <= elapsed < 0.19
+    assert 0.15 <= elapsed < 0.24  # sequential would be >= 0.25
 
 
 def test_try_except_around_failing_coroutine(run):
@@ -491,7 +491,16 @@ def test_lock_and_condition(run):
         assert log[k][0] == "in" and log[k + 1] == ("out", log[k][1])
 
 
-def test_streams_echo(run):
+def test_streams_echo(run, request):
+    if "stdlib" not in request.node.callspec.id:
+        request.applymarker(
+            pytest.mark.xfail(
+                raises=NotImplementedError,
+                strict=True,
+                reason="transports and servers arrive with the networking issue (#3); "
+                "strict so it is noticed when they land",
+            )
+        )
     async def handle(reader, writer):
         data = await reader.readline()
         writer.write(data.upper())

@@ -441,3 +441,79 @@ def test_sigint_handled_within_100ms(tmp_path, kind, mode):
     assert p.stdout.startswith("latency "), (p.stdout, p.stderr)
     latency = float(p.stdout.split()[1])
     assert latency < 0.1, f"{kind}: SIGINT handled after {latency * 1000:.0f} ms"
+
+
+_RAISING_PY_HANDLER = """
+import signal, threading, os, time
+loop = new_loop()
+class Boom(Exception):
+    pass
+def handler(signum, frame):
+    raise Boom("from signal handler")
+signal.signal(signal.SIGUSR1, handler)
+loop.call_later(30, loop.stop)
+def later():
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGUSR1)
+threading.Thread(target=later).start()
+t0 = time.monotonic()
+try:
+    loop.run_forever()
+except Boom as e:
+    print("raised", e, "fast", time.monotonic() - t0 < 1.0, "running", loop.is_running(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_exception_from_python_signal_handler_propagates(tmp_path, kind):
+    script = _script(tmp_path, _RAISING_PY_HANDLER)
+    p = run_python([script, kind], timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "raised from signal handler fast True running False", (p.stdout, p.stderr)
+
+
+_ADD_SIGNAL_HANDLER_RAISES = """
+import signal, os
+loop = new_loop()
+ctxs = []
+loop.set_exception_handler(lambda lp, ctx: ctxs.append(ctx))
+def bad():
+    raise ValueError("in signal callback")
+loop.add_signal_handler(signal.SIGUSR1, bad)
+loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+loop.call_later(0.2, loop.stop)
+loop.run_forever()
+print(len(ctxs), type(ctxs[0].get("exception")).__name__ if ctxs else None, flush=True)
+loop.close()
+"""
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_add_signal_handler_callback_exception_goes_to_handler(tmp_path, kind):
+    script = _script(tmp_path, _ADD_SIGNAL_HANDLER_RAISES)
+    p = run_python([script, kind], timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "1 ValueError"
+
+
+_SIGNAL_BEFORE_RUN = """
+import signal, os
+loop = new_loop()
+got = []
+loop.add_signal_handler(signal.SIGUSR1, got.append, "usr1")
+os.kill(os.getpid(), signal.SIGUSR1)   # loop not running yet
+print("before-run", got, flush=True)
+for _ in range(3):
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+print("after-run", got, flush=True)
+loop.close()
+"""
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_signal_arriving_while_loop_not_running_is_delivered_on_next_run(tmp_path, kind):
+    script = _script(tmp_path, _SIGNAL_BEFORE_RUN)
+    p = run_python([script, kind], timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["before-run []", "after-run ['usr1']"], (p.stdout, p.stderr)

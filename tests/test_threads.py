@@ -265,3 +265,134 @@ def test_run_coroutine_threadsafe_between_two_tokioloops():
     finally:
         bg_loop.call_soon_threadsafe(bg_loop.stop)
         t.join(5)
+
+
+def test_loop_releases_gil_while_idle(loop):
+    # While the loop sleeps waiting for a timer, other Python threads must run.
+    counter = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            counter[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.02)
+        start = counter[0]
+        loop.run_until_complete(asyncio.sleep(0.2))
+        progressed = counter[0] - start
+    finally:
+        stop.set()
+        t.join()
+    assert progressed > 1000, progressed
+
+
+def test_other_thread_python_work_while_loop_blocked_on_fd(loop):
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        result = []
+
+        def worker():
+            # pure-Python work, then wake the loop through the socket
+            s = sum(i * i for i in range(200_000))
+            result.append(s)
+            b.send(b"x")
+
+        fut = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: fut.done() or fut.set_result(a.recv(1)))
+        t = threading.Thread(target=worker)
+        t0 = time.monotonic()
+        t.start()
+        assert loop.run_until_complete(asyncio.wait_for(fut, 5)) == b"x"
+        loop.remove_reader(a.fileno())
+        t.join()
+        assert result and time.monotonic() - t0 < 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_call_soon_threadsafe_wakeup_latency(loop):
+    # A blocked loop must be woken immediately (self-pipe/eventfd style),
+    # not on some polling interval.
+    latencies = []
+
+    def waker():
+        for _ in range(20):
+            time.sleep(0.01)
+            sent = time.monotonic()
+            loop.call_soon_threadsafe(lambda s=sent: latencies.append(time.monotonic() - s))
+        loop.call_soon_threadsafe(loop.stop)
+
+    loop.call_later(30, loop.stop)
+    t = threading.Thread(target=waker)
+    t.start()
+    loop.run_forever()
+    t.join()
+    assert len(latencies) == 20
+    latencies.sort()
+    assert latencies[10] < 0.01, latencies
+    assert latencies[-1] < 0.1, latencies
+
+
+def test_mixed_workload_in_parallel_loops():
+    """Several loops in several threads, each mixing sockets, timers,
+    executor calls, cross-thread wake-ups and cancellations."""
+    import socket
+
+    errors = []
+    results = {}
+
+    async def echo_pair(loop, i):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        try:
+            for j in range(5):
+                msg = f"{i}:{j}".encode()
+                await loop.sock_sendall(a, msg)
+                got = await loop.sock_recv(b, 100)
+                assert got == msg
+                await asyncio.sleep(0.0005 * (j % 3))
+            return i
+        finally:
+            a.close()
+            b.close()
+
+    async def canceller():
+        t = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0.001)
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    async def main(tid):
+        loop = asyncio.get_running_loop()
+        echo = await asyncio.gather(*(echo_pair(loop, i) for i in range(30)))
+        ex = await asyncio.gather(*(loop.run_in_executor(None, pow, 2, k) for k in range(20)))
+        fut = loop.create_future()
+        threading.Thread(target=lambda: loop.call_soon_threadsafe(fut.set_result, tid)).start()
+        woke = await asyncio.wait_for(fut, 5)
+        canc = await asyncio.gather(*(canceller() for _ in range(20)))
+        return echo == list(range(30)), ex == [2**k for k in range(20)], woke == tid, set(canc) == {"cancelled"}
+
+    def runner(tid):
+        try:
+            results[tid] = tokioloop.run(main(tid))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert results == {i: (True, True, True, True) for i in range(3)}

@@ -86,11 +86,12 @@ def test_timers_ordered_by_deadline(loop):
 def test_equal_deadlines_fire_in_insertion_order(tloop):
     # The stdlib's heapq does not guarantee this; tokioloop's spec does.
     res = []
-    when = tloop.time() + 0.01
+    when = tloop.time() + 0.05
+    past = tloop.time() - 1.0
     for i in range(50):
         tloop.call_at(when, res.append, i)
     for i in range(50, 60):
-        tloop.call_later(0, res.append, i)
+        tloop.call_at(past, res.append, i)
     tloop.call_at(when + 0.02, tloop.stop)
     tloop.run_forever()
     assert res == list(range(50, 60)) + list(range(50))
@@ -483,3 +484,22 @@ def test_int_and_bool_delays(loop):
     loop.call_later(0.01, loop.stop)
     loop.run_forever()
     assert sorted(res) == [1, 2, 3]
+
+
+def test_throughput_sanity_timers(loop):
+    # Not a benchmark: schedule and cancel many timers, fire many more.
+    t0 = time.monotonic()
+    hs = [loop.call_later(10 + i * 1e-4, print) for i in range(100_000)]
+    for h in hs:
+        h.cancel()
+    fired = [0]
+
+    def cb():
+        fired[0] += 1
+
+    for i in range(50_000):
+        loop.call_later((i % 100) * 1e-4, cb)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert fired[0] == 50_000
+    assert time.monotonic() - t0 < 8

@@ -163,11 +163,23 @@ def bootstrap(factory_spec):
         cls = getattr(unix_events, '_UnixDefaultEventLoopPolicy', None)
         if isinstance(cls, type):
             classes.add(cls)
+    counted = _counting(factory)
     for cls in classes:
-        cls._loop_factory = staticmethod(factory)
+        cls._loop_factory = staticmethod(counted)
     # drop any policy instance created before the patch (there should be none)
     asyncio.set_event_loop_policy(None)
-    return factory
+    return counted
+
+
+LOOPS_CREATED = [0]
+
+
+def _counting(factory):
+    def new_loop_under_test():
+        LOOPS_CREATED[0] += 1
+        return factory()
+    new_loop_under_test.wrapped = factory
+    return new_loop_under_test
 
 
 def install_shims():
@@ -330,7 +342,8 @@ def make_result_class():
         def startTest(self, test):
             super().startTest(test)
             self._st = {'id': self.j.tid(test), 'outcome': 'pass',
-                        'detail': '', 't0': time.monotonic()}
+                        'detail': '', 't0': time.monotonic(),
+                        'loops0': LOOPS_CREATED[0]}
             self.j.emit(event='start', id=self._st['id'])
             self.j.arm()
 
@@ -341,7 +354,8 @@ def make_result_class():
             if st is not None:
                 self.j.emit(event='end', id=st['id'], outcome=st['outcome'],
                             detail=st['detail'][-6000:],
-                            duration=round(time.monotonic() - st['t0'], 3))
+                            duration=round(time.monotonic() - st['t0'], 3),
+                            loops=LOOPS_CREATED[0] - st['loops0'])
             # keep the watchdog armed between tests (class/module fixtures)
             self.j.arm()
 
@@ -423,9 +437,18 @@ def worker_main(args):
     emit(event='worker', pid=os.getpid(), python=sys.version.split()[0])
     try:
         factory = bootstrap(args.factory)
-        # a smoke check: the factory must give a usable loop
+        # a smoke check: the factory must give a usable loop, and the patched
+        # policy must hand out the same kind of loop
+        import asyncio
         loop = factory()
         loop.close()
+        loop2 = asyncio.new_event_loop()
+        loop2.close()
+        asyncio.set_event_loop_policy(None)
+        if type(loop2) is not type(loop):
+            raise RuntimeError('policy patch ineffective: asyncio.new_event_loop() '
+                               'returned %r, factory returns %r' % (type(loop2), type(loop)))
+        LOOPS_CREATED[0] = 0
     except BaseException as e:  # noqa
         import traceback
         emit(event='fatal', kind='factory',
@@ -472,6 +495,7 @@ def worker_main(args):
     patterns = [p for p in (args.k or [])]
 
     selected = []
+    excluded = 0
     for t in iter_tests(suite):
         tid = t.id()
         if tid.startswith(prefix):
@@ -482,13 +506,14 @@ def worker_main(args):
         if tid in skip_ids:
             continue
         if any(fnmatch.fnmatchcase(tid, p) for p in (args.exclude or [])):
+            excluded += 1
             continue
         if patterns and not any(fnmatch.fnmatchcase(tid, p) or
                                 fnmatch.fnmatchcase(tid.split('.')[-1], p)
                                 for p in patterns):
             continue
         selected.append(t)
-    emit(event='selected', count=len(selected))
+    emit(event='selected', count=len(selected), excluded=excluded)
 
     jr = JsonlResult(args.results, args.timeout, prefix)
     Result = make_result_class()
@@ -542,15 +567,54 @@ class Expected:
 # --------------------------------------------------------------------------
 
 def first_line_of_error(detail):
-    """Last 'Exc: message' line of a traceback, shortened."""
+    """A one-line summary of a failure: the final 'Exc: message' line of the
+    traceback; a bare NotImplementedError names the loop method that raised."""
     if detail.startswith('[harness] '):
         return detail.splitlines()[0][len('[harness] '):][:200]
     lines = [l for l in detail.strip().splitlines() if l.strip()]
-    for l in reversed(lines):
+    exc_line = None
+    idx = None
+    for i in range(len(lines) - 1, -1, -1):
+        l = lines[i]
         if re.match(r'^[\w.]+(Error|Exception|Failure|Exit|Interrupt|Warning|Timeout\w*|Cancelled\w*)\b', l) \
                 or re.match(r'^[\w.]+: ', l):
-            return l.strip()[:200]
-    return (lines[-1].strip() if lines else '')[:200]
+            exc_line, idx = l.strip(), i
+            break
+    if exc_line is None:
+        return (lines[-1].strip() if lines else '')[:200]
+    if exc_line in ('NotImplementedError', 'NotImplementedError: '):
+        for l in reversed(lines[:idx]):
+            m = re.match(r'\s*File "([^"]+)", line \d+, in (\w+)', l)
+            if m:
+                where = os.path.basename(m.group(1))
+                return 'NotImplementedError: %s() (%s)' % (m.group(2), where)
+    return exc_line[:200]
+
+
+_AREAS = [
+    (('create_server', 'create_connection', 'connect_accepted_socket', 'sendfile'),
+     'networking not implemented yet'),
+    (('create_unix_server', 'create_unix_connection'), 'unix sockets not implemented yet'),
+    (('create_datagram_endpoint',), 'UDP not implemented yet'),
+    (('subprocess_exec', 'subprocess_shell'), 'subprocesses not implemented yet'),
+    (('connect_read_pipe', 'connect_write_pipe'), 'pipes not implemented yet'),
+    (('start_tls',), 'TLS not implemented yet'),
+]
+
+
+def auto_reason(detail):
+    """Reason for a new expected-failures entry (reviewed by a human after)."""
+    line = first_line_of_error(detail)
+    m = re.match(r'NotImplementedError: (\w+)\(\) \(events\.py\)$', line)
+    if m:
+        for names, area in _AREAS:
+            if m.group(1) in names:
+                return '%s (%s)' % (area, m.group(1))
+        return 'not implemented yet (%s)' % m.group(1)
+    m = re.match(r"AttributeError: '\w+' object has no attribute '(_\w+)'", line)
+    if m:
+        return 'test uses private asyncio loop API %s' % m.group(1)
+    return 'TODO: ' + line
 
 
 def python_version_of(python):
@@ -590,6 +654,8 @@ class ModuleRun:
         self.problems = []  # module-level problems (strings)
         self.elapsed = 0.0
         self.restarts = 0
+        self.loops = {}     # id -> loops of the loop under test created by it
+        self.deselected = 0
 
 
 def run_module(module, opts, expected, log_dir):
@@ -602,10 +668,13 @@ def run_module(module, opts, expected, log_dir):
         if os.path.exists(p):
             os.unlink(p)
     pre_skip = expected.skip_ids_for(module, opts.run_skipped)
+    limit = opts.module_timeout
+    if opts.deadline is not None:
+        limit = round(max(1.0, min(limit, opts.deadline - t_start)), 1)
 
     def write_skip():
         with open(skip_file, 'w') as f:
-            for tid in sorted(set(mr.tests) | {p for p in pre_skip if '*' not in p}):
+            for tid in sorted(mr.tests):
                 f.write(tid + '\n')
 
     env = dict(os.environ)
@@ -624,16 +693,15 @@ def run_module(module, opts, expected, log_dir):
                '--skip-file', skip_file, '--timeout', str(opts.timeout)]
         for p in opts.k or []:
             cmd += ['-k', p]
-        for p in pre_skip:
-            if '*' in p or '?' in p:   # wildcard SKIP entries: deselect in the worker
-                cmd += ['--exclude', p]
+        for p in pre_skip:   # SKIP entries (ids or patterns): deselected in the worker
+            cmd += ['--exclude', p]
         if opts.keep_native:
             cmd.append('--keep-native')
         if opts.variants:
             cmd.append('--variants')
         if opts.no_shims:
             cmd.append('--no-shims')
-        remaining = opts.module_timeout - (time.monotonic() - t_start)
+        remaining = limit - (time.monotonic() - t_start)
         with open(log_path, 'a') as log:
             log.write('\n===== attempt %d: %s\n' % (attempts, ' '.join(cmd)))
             log.flush()
@@ -684,7 +752,11 @@ def run_module(module, opts, expected, log_dir):
                     if prev is None or prev[0] in ('pass', 'skip', 'xfail_ok'):
                         mr.tests[ev['id']] = (ev['outcome'], ev.get('detail', ''),
                                               ev.get('duration', 0))
+                        mr.loops[ev['id']] = ev.get('loops', 0)
                     progressed = True
+                elif kind == 'selected':
+                    if attempts == 1:
+                        mr.deselected = ev.get('excluded', 0)
                 elif kind == 'done':
                     done = True
                 elif kind == 'fatal':
@@ -696,16 +768,16 @@ def run_module(module, opts, expected, log_dir):
             mr.tests[module + '.<module>'] = ('error', fatal.get('detail', ''), 0)
             break
         if in_progress is not None:
-            why = ('hang: killed after module timeout %ss' % opts.module_timeout if timed_out
+            why = ('hang: killed after module timeout %ss' % limit if timed_out
                    else describe_exit(rc, opts.timeout, log_tail))
             mr.tests[in_progress] = ('error', '[harness] ' + why + '\n--- worker output tail ---\n'
                                      + log_tail, opts.timeout)
             mr.restarts += 1
             if timed_out:
                 mr.problems.append('%s: module timeout (%ss) while running %s'
-                                   % (module, opts.module_timeout, in_progress))
+                                   % (module, limit, in_progress))
                 mr.tests[module + '.<module-timeout>'] = (
-                    'error', '[harness] module exceeded %ss' % opts.module_timeout, 0)
+                    'error', '[harness] module exceeded %ss' % limit, 0)
                 break
             if mr.restarts > opts.max_restarts:
                 mr.problems.append('%s: too many hangs/crashes (%d), giving up'
@@ -722,7 +794,7 @@ def run_module(module, opts, expected, log_dir):
                 mr.tests[module + '.<shutdown>'] = ('error', '[harness] ' + why + '\n' + log_tail, 0)
             break
         # died/hung outside any test (fixtures, import, collection)
-        why = ('module timeout (%ss)' % opts.module_timeout if timed_out
+        why = ('module timeout (%ss)' % limit if timed_out
                else describe_exit(rc, opts.timeout, log_tail))
         if timed_out or not progressed or attempts > opts.max_restarts:
             mr.problems.append('%s: worker died outside a test: %s' % (module, why))
@@ -761,7 +833,8 @@ def tail_file(path, n):
 
 def classify(mr, expected):
     """Return per-module counts and lists."""
-    c = dict(run=0, passed=0, failed=0, xfail=0, unexpected=0, skipped=0, now_passing=0)
+    c = dict(run=0, passed=0, failed=0, xfail=0, unexpected=0, skipped=0, now_passing=0,
+             onloop=sum(1 for n in mr.loops.values() if n), deselected=mr.deselected)
     unexpected, xfails, passing_matches = [], [], {}
     for tid, (outcome, detail, _dur) in sorted(mr.tests.items()):
         m = expected.match(tid)
@@ -793,14 +866,14 @@ def classify(mr, expected):
     return c, unexpected, xfails, now_passing
 
 
-def expected_path_for(opts, pyver):
+def expected_path_for(opts, pyver, for_writing=False):
     if opts.expected:
         return None if opts.expected == 'none' else opts.expected
     if opts.factory == DEFAULT_FACTORY:
         return os.path.join(HERE, 'expected_failures_%s.txt' % pyver)
     slug = re.sub(r'[^A-Za-z0-9]+', '_', opts.factory.partition(':')[0]).strip('_')
     p = os.path.join(HERE, 'expected_failures_%s_%s.txt' % (pyver, slug))
-    return p if os.path.exists(p) else None
+    return p if (for_writing or os.path.exists(p)) else None
 
 
 def update_expected(path, runs, expected, modules_run):
@@ -825,7 +898,7 @@ def update_expected(path, runs, expected, modules_run):
     for tid, detail in sorted(failing.items()):
         if tid in covered:
             continue
-        kept.append((tid, 'TODO: ' + first_line_of_error(detail).replace('#', '')))
+        kept.append((tid, auto_reason(detail).replace('#', '')))
     kept.sort(key=lambda x: x[0])
     header = []
     if os.path.exists(path):
@@ -889,6 +962,7 @@ def driver_main(opts):
         print('not in this CPython: %s' % ', '.join(missing))
     sys.stdout.flush()
 
+    opts.deadline = (t0 + opts.budget) if opts.budget else None
     runs = []
     lock = threading.Lock()
     queue = list(modules)
@@ -899,7 +973,20 @@ def driver_main(opts):
                 if not queue:
                     return
                 m = queue.pop(0)
-            mr = run_module(m, opts, expected, log_dir)
+            if opts.deadline is not None and time.monotonic() >= opts.deadline - 1:
+                mr = ModuleRun(m)
+                mr.problems.append('%s: not run, --budget %ss exhausted' % (m, opts.budget))
+                mr.tests[m + '.<not-run>'] = (
+                    'error', '[harness] not run: --budget %ss exhausted' % opts.budget, 0)
+            else:
+                try:
+                    mr = run_module(m, opts, expected, log_dir)
+                except Exception:
+                    import traceback
+                    mr = ModuleRun(m)
+                    tb = traceback.format_exc()
+                    mr.problems.append('%s: harness error: %s' % (m, tb.strip().splitlines()[-1]))
+                    mr.tests[m + '.<harness>'] = ('error', '[harness] driver error\n' + tb, 0)
             with lock:
                 runs.append(mr)
                 c, unexp, _x, _np = classify(mr, expected)
@@ -916,7 +1003,8 @@ def driver_main(opts):
         t.join()
     runs.sort(key=lambda r: modules.index(r.module))
 
-    total = dict(run=0, passed=0, failed=0, xfail=0, unexpected=0, skipped=0, now_passing=0)
+    total = dict(run=0, passed=0, failed=0, xfail=0, unexpected=0, skipped=0, now_passing=0,
+                 onloop=0, deselected=0)
     all_unexp, all_np, summary = [], [], []
     for mr in runs:
         c, unexp, xf, np_ = classify(mr, expected)
@@ -927,15 +1015,17 @@ def driver_main(opts):
         summary.append((mr, c))
 
     print()
-    print('%-24s %6s %6s %6s %6s %6s %6s %8s' % ('module', 'run', 'passed', 'failed',
-                                                 'xfail', 'UNEXP', 'skip', 'time'))
+    hdr = ('module', 'run', 'passed', 'failed', 'xfail', 'UNEXP', 'skip', 'SKIP*', 'onloop', 'time')
+    fmt = '%-24s %6d %6d %6d %6d %6d %6d %6d %6d %7.1fs'
+    print('%-24s %6s %6s %6s %6s %6s %6s %6s %6s %8s' % hdr)
     for mr, c in summary:
-        print('%-24s %6d %6d %6d %6d %6d %6d %7.1fs' % (
-            mr.module, c['run'], c['passed'], c['failed'], c['xfail'],
-            c['unexpected'], c['skipped'], mr.elapsed))
-    print('%-24s %6d %6d %6d %6d %6d %6d %7.1fs' % (
-        'TOTAL', total['run'], total['passed'], total['failed'], total['xfail'],
-        total['unexpected'], total['skipped'], time.monotonic() - t0))
+        print(fmt % (mr.module, c['run'], c['passed'], c['failed'], c['xfail'],
+                     c['unexpected'], c['skipped'], c['deselected'], c['onloop'], mr.elapsed))
+    print(fmt % ('TOTAL', total['run'], total['passed'], total['failed'], total['xfail'],
+                 total['unexpected'], total['skipped'], total['deselected'], total['onloop'],
+                 time.monotonic() - t0))
+    print('(failed = xfail + UNEXP; xfail = listed in the expected-failures file; '
+          'SKIP* = listed as SKIP, not run; onloop = tests that created >= 1 loop under test)')
 
     problems = [p for mr in runs for p in mr.problems]
     if problems:
@@ -969,7 +1059,10 @@ def driver_main(opts):
             json.dump(data, f, indent=1)
 
     if opts.update_expected:
-        path = exp_path or os.path.join(HERE, 'expected_failures_%s.txt' % pyver)
+        path = exp_path or expected_path_for(opts, pyver, for_writing=True)
+        if path is None:
+            print('\n--update-expected: nothing to write with --expected none')
+            return 1
         update_expected(path, runs, expected, {mr.module for mr in runs})
         print('\nwrote %s' % path)
 
@@ -1007,6 +1100,9 @@ def parse_args(argv):
                    help='per-test timeout in seconds (faulthandler watchdog), default %(default)s')
     p.add_argument('--module-timeout', type=float, default=900,
                    help='wall-clock limit per module incl. restarts, default %(default)s')
+    p.add_argument('--budget', type=float, default=0,
+                   help='overall wall-clock budget in seconds: modules still queued '
+                        'afterwards fail as "not run" (default: none)')
     p.add_argument('--max-restarts', type=int, default=15,
                    help='restarts per module after hangs/crashes (default %(default)s)')
     p.add_argument('-j', '--jobs', type=int, default=1, help='modules in parallel')
