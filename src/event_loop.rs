@@ -191,7 +191,7 @@ impl CoreLoop {
         let watch = &self.epoll_watch;
         let rt = &self.rt;
         let n = py.detach(move || {
-            rt.block_on(async move {
+            let n = rt.block_on(async move {
                 let sleep = async {
                     match timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok()) {
                         Some(d) => tokio::time::sleep(d).await,
@@ -218,11 +218,12 @@ impl CoreLoop {
                         _ = &mut sleep => return epoll.wait_now(buf),
                     }
                 }
-            })
+            });
+            // Awake from here on, even while still waiting for the GIL: other
+            // threads need not signal again.
+            remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+            n
         });
-        remote
-            .sleeping
-            .store(false, std::sync::atomic::Ordering::SeqCst);
         n
     }
 

@@ -185,7 +185,9 @@ def test_handle_repr(loop):
     assert r.startswith("<") and r.endswith(">")
     assert "Handle" in r
     assert "my_callback" in r
-    assert "42" in r
+    if sys.version_info < (3, 13):
+        # 3.13 stopped showing callback arguments outside debug mode.
+        assert "42" in r
     h.cancel()
     assert "cancelled" in repr(h)
 

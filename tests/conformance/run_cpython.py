@@ -29,15 +29,30 @@ How the loop under test gets in:
    ``base_events`` directly are not affected and keep testing CPython's own
    code (they are still run, they just do not say anything about our loop).
 
-2. *Mixins* -- for the loop-level mixins (``test_events.EventLoopTestsMixin``,
-   ``test_sock_lowlevel.BaseSockTestsMixin``, ``test_sendfile.SendfileTestsBase``,
-   ``test_server.BaseStartServer``, ``test_buffered_proto.BaseTestBufferedProtocol``,
-   ``test_sslproto.BaseStartTLS``, ``test_subprocess.SubprocessMixin``) a
-   ``Tokioloop*`` TestCase class is injected into the module, mirroring the
+2. *Mixins* -- for the loop-level mixins (``test_events.EventLoopTestsMixin``
+   (+ ``UnixEventLoopTestsMixin``, ``SubprocessTestsMixin``),
+   ``test_sock_lowlevel.BaseSockTestsMixin``, ``test_sendfile.SendfileTestsBase``
+   (= ``SendfileMixin`` + ``SockSendfileMixin``), ``test_server.BaseStartServer``
+   (via ``SelectorStartServerTests``, which adds a unix-socket test),
+   ``test_buffered_proto.BaseTestBufferedProtocol``, ``test_sslproto.BaseStartTLS``)
+   a ``Tokioloop*`` TestCase class is injected into the module, mirroring the
    module's own concrete ``SelectEventLoopTests``/``EPollEventLoopTests``/...
    classes, with ``create_event_loop``/``new_loop`` returning the loop under
    test.  The module's own selector/proactor concrete classes are dropped
    (they test CPython's selector loop; ``--keep-native`` keeps them).
+   ``test_ssl.TestSSL`` and ``test_subprocess.SubprocessThreadedWatcherTests``
+   (``SubprocessMixin``) already take their loop from the policy, so they run
+   on the loop under test as they are; the other child-watcher variants of
+   ``SubprocessMixin`` only with ``--variants``.
+
+The summary's ``onloop`` column counts the tests that created at least one
+loop under test -- the rest (``test_utils.TestLoop``, mocked ``BaseEventLoop``,
+explicit ``SelectorEventLoop()``) exercise CPython's own code only.
+
+Shim: CPython's ``test_utils.TestCase.close_loop`` reads the private
+``loop._default_executor``; for loops without it (uvloop) the runner closes
+the loop through public API instead (``--no-shims`` to disable).  tokioloop
+has the attribute, so the shim is inactive for it.
 
 Examples::
 
