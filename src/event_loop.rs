@@ -221,7 +221,9 @@ impl CoreLoop {
             });
             // Awake from here on, even while still waiting for the GIL: other
             // threads need not signal again.
-            remote.sleeping.store(false, std::sync::atomic::Ordering::SeqCst);
+            remote
+                .sleeping
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             n
         });
         n
@@ -439,6 +441,82 @@ impl CoreLoop {
                 e.to_string(),
             ))),
         }
+    }
+
+    // ---- API for the native transports (same thread, GIL held) ----
+
+    pub fn is_closed_now(&self, py: Python<'_>) -> bool {
+        self.state
+            .try_borrow_mut(py)
+            .map(|s| s.closed)
+            .unwrap_or(false)
+    }
+
+    pub fn debug_now(&self, py: Python<'_>) -> bool {
+        self.state
+            .try_borrow_mut(py)
+            .map(|s| s.debug)
+            .unwrap_or(false)
+    }
+
+    /// Schedules `callback(*args)` like call_soon (current context copied).
+    pub fn schedule(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
+        let debug = self.debug_now(py);
+        let h = Py::new(py, Handle::new(py, callback, args, None, debug)?)?;
+        let mut st = self.state.borrow_mut(py);
+        if st.closed {
+            return Err(closed_error());
+        }
+        st.ready.push_back(h);
+        Ok(())
+    }
+
+    /// Makes `callback()` the reader (or writer) of `fd`, replacing any other.
+    pub fn watch_fd(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: Py<PyAny>,
+        write: bool,
+    ) -> PyResult<()> {
+        let debug = self.debug_now(py);
+        let handle = Py::new(
+            py,
+            Handle::new(py, callback, PyTuple::empty(py).unbind(), None, debug)?,
+        )?;
+        let previous = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closed {
+                return Err(closed_error());
+            }
+            st.poller.set(fd, handle, write)
+        };
+        match previous {
+            Ok(Some(old)) => Handle::cancel_py(old.bind(py)),
+            Ok(None) => Ok(()),
+            Err(e) => Err(PyErr::from(e)),
+        }
+    }
+
+    pub fn unwatch_fd(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+        let old = match self.state.try_borrow_mut(py) {
+            Some(mut st) => st.poller.clear(fd, write),
+            None => None,
+        };
+        match old {
+            Some(h) => {
+                Handle::cancel_py(h.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub fn is_watching(&self, py: Python<'_>, fd: RawFd, write: bool) -> bool {
+        self.state
+            .try_borrow_mut(py)
+            .map(|st| st.poller.get(py, fd, write).is_some())
+            .unwrap_or(false)
     }
 
     fn clear_io(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {

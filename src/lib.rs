@@ -8,6 +8,7 @@ mod handles;
 mod poller;
 mod pyhelpers;
 mod remote;
+mod stream;
 mod timers;
 
 use pyo3::prelude::*;
@@ -17,6 +18,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::CoreLoop>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<stream::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -67,3 +67,40 @@ pub fn is_coroutine_function(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult
 pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(support(py)?.call_method0("extract_stack")?.unbind())
 }
+
+/// The stdlib's `_fatal_error`: OSErrors are only logged in debug mode, anything
+/// else goes to the exception handler with the transport and protocol.
+pub fn transport_fatal_error(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+    protocol: Option<Py<PyAny>>,
+    exc: Py<PyAny>,
+    message: &str,
+) -> PyResult<()> {
+    support(py)?.call_method1(
+        "transport_fatal_error",
+        (event_loop, transport, protocol, exc, message),
+    )?;
+    Ok(())
+}
+
+pub fn protocol_callback_failed(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+    protocol: Option<Py<PyAny>>,
+    exc: Py<PyAny>,
+    message: &str,
+) -> PyResult<()> {
+    support(py)?.call_method1(
+        "protocol_callback_failed",
+        (event_loop, transport, protocol, exc, message),
+    )?;
+    Ok(())
+}
+
+pub fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
+    support(py)?.call_method1("log_warning", (message,))?;
+    Ok(())
+}

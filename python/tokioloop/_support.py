@@ -66,3 +66,23 @@ def is_coroutine(obj):
 
 def is_coroutine_function(obj):
     return coroutines.iscoroutinefunction(obj)
+
+
+def transport_fatal_error(loop, transport, protocol, exc, message):
+    if isinstance(exc, OSError):
+        if loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=(type(exc), exc, exc.__traceback__))
+        return
+    loop.call_exception_handler(
+        {"message": message, "exception": exc, "transport": transport, "protocol": protocol}
+    )
+
+
+def protocol_callback_failed(loop, transport, protocol, exc, message):
+    loop.call_exception_handler(
+        {"message": message, "exception": exc, "transport": transport, "protocol": protocol}
+    )
+
+
+def log_warning(message):
+    logger.warning(message)

@@ -1,0 +1,1129 @@
+//! Native stream transports: connected TCP/Unix sockets and pipes.
+//!
+//! Readiness comes from the loop's epoll set as for `add_reader`, but the work
+//! is Rust: reads land in a per-thread buffer reused for every read and reach
+//! the protocol as exact-size bytes (or go straight into a BufferedProtocol's
+//! own buffer); writes are sent at once when nothing is queued, and only the
+//! unsent rest is buffered, with the stdlib's flow control.
+
+use crate::event_loop::CoreLoop;
+use crate::gil_cell::GilRefCell;
+use crate::pyhelpers;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::PyTraverseError;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+/// The stdlib reads at most this much per readiness event.
+const MAX_READ: usize = 256 * 1024;
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+const MAX_IOVECS: usize = 64;
+
+thread_local! {
+    // One read buffer per loop thread, reused for every read of every transport.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+}
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn is_buffered_protocol(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let cls = BUFFERED_PROTOCOL.get_or_try_init(py, || {
+        py.import("asyncio")?
+            .getattr("BufferedProtocol")
+            .map(|c| c.unbind())
+    })?;
+    protocol.is_instance(cls.bind(py))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Socket,
+    ReadPipe,
+    WritePipe,
+}
+
+struct Inner {
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    buffered: bool,
+    extra: Option<Py<PyDict>>,
+    server: Option<Py<PyAny>>,
+    closing: bool,
+    paused: bool,
+    conn_lost: u32,
+    eof_requested: bool,
+    wbuf: VecDeque<Vec<u8>>,
+    wbuf_off: usize,
+    wbuf_size: usize,
+    high: usize,
+    low: usize,
+    protocol_paused: bool,
+    flush_waiters: Vec<Py<PyAny>>,
+}
+
+#[pyclass(module = "tokioloop._tokioloop", subclass, frozen, weakref, dict)]
+pub struct StreamTransport {
+    inner: GilRefCell<Inner>,
+    fd: RawFd,
+    kind: Kind,
+    loop_obj: Py<PyAny>,
+    core: Py<CoreLoop>,
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+/// A borrowed view of any bytes-like object (bytes, bytearray, memoryview...).
+struct ByteView {
+    view: ffi::Py_buffer,
+}
+
+impl ByteView {
+    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        // SAFETY: Py_buffer is plain data filled in by PyObject_GetBuffer.
+        let mut view: ffi::Py_buffer = unsafe { std::mem::zeroed() };
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: GIL held (we have a Bound); `view` is a valid out-parameter.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut view, flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(ByteView { view })
+    }
+
+    fn len(&self) -> usize {
+        self.view.len as usize
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.view.buf as *mut u8
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.len() == 0 {
+            return &[];
+        }
+        // SAFETY: the exporter guarantees `len` readable bytes at `buf` while the view lives.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len()) }
+    }
+}
+
+impl Drop for ByteView {
+    fn drop(&mut self) {
+        // SAFETY: releasing the view we obtained; the GIL is held wherever views live.
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+fn bytes_like_error(data: &Bound<'_, PyAny>) -> PyErr {
+    let name = data
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not '{name}'"
+    ))
+}
+
+impl StreamTransport {
+    fn core(&self, _py: Python<'_>) -> &CoreLoop {
+        self.core.get()
+    }
+
+    fn sys_read(&self, buf: *mut u8, len: usize) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` points to `len` writable bytes owned by the caller.
+            let n = unsafe {
+                match self.kind {
+                    Kind::Socket => libc::recv(self.fd, buf.cast(), len, 0),
+                    _ => libc::read(self.fd, buf.cast(), len),
+                }
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    fn sys_write(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `data` is a valid slice for the duration of the call.
+            let n = unsafe {
+                match self.kind {
+                    Kind::Socket => libc::send(
+                        self.fd,
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_NOSIGNAL,
+                    ),
+                    _ => libc::write(self.fd, data.as_ptr().cast(), data.len()),
+                }
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    fn sys_writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        loop {
+            let n = match self.kind {
+                Kind::Socket => {
+                    // SAFETY: msghdr is plain data; iov points to valid iovecs for the call.
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                    msg.msg_iovlen = iov.len() as _;
+                    // SAFETY: see above.
+                    unsafe { libc::sendmsg(self.fd, &msg, libc::MSG_NOSIGNAL) }
+                }
+                // SAFETY: iov points to valid iovecs for the call.
+                _ => unsafe { libc::writev(self.fd, iov.as_ptr(), iov.len() as i32) },
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn watch_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(intern!(py, "_read_ready"))?.unbind();
+        slf.get().core(py).watch_fd(py, slf.get().fd, cb, false)
+    }
+
+    fn watch_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.core(py).is_watching(py, this.fd, true) {
+            return Ok(());
+        }
+        let cb = slf.getattr(intern!(py, "_write_ready"))?.unbind();
+        this.core(py).watch_fd(py, this.fd, cb, true)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?.unbind();
+        let exc = exc.unwrap_or_else(|| py.None());
+        let args = PyTuple::new(py, [exc])?.unbind();
+        slf.get().core(py).schedule(py, cb, args)
+    }
+
+    /// Error path shared by reads and writes: report as the stdlib does, then
+    /// drop the connection (connection_lost follows on the next iteration).
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if pyhelpers::is_exit_exception(py, &exc) {
+            return Err(exc);
+        }
+        let protocol = slf.get().protocol(py);
+        let exc_obj = exc.into_value(py).into_any();
+        pyhelpers::transport_fatal_error(
+            py,
+            slf.get().loop_obj.bind(py),
+            slf.as_any(),
+            protocol,
+            exc_obj.clone_ref(py),
+            message,
+        )?;
+        Self::force_close(slf, Some(exc_obj))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing) = {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.conn_lost > 0 {
+                return Ok(());
+            }
+            let had = !inner.wbuf.is_empty();
+            inner.wbuf.clear();
+            inner.wbuf_off = 0;
+            inner.wbuf_size = 0;
+            let was = inner.closing;
+            inner.closing = true;
+            inner.conn_lost += 1;
+            (had, was)
+        };
+        if had_buffer {
+            this.core(py).unwatch_fd(py, this.fd, true)?;
+        }
+        if !was_closing {
+            this.core(py).unwatch_fd(py, this.fd, false)?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let proto = {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.wbuf_size <= inner.high || inner.protocol_paused {
+                return Ok(());
+            }
+            inner.protocol_paused = true;
+            inner.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = proto {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "pause_writing")) {
+                if pyhelpers::is_exit_exception(py, &e) {
+                    return Err(e);
+                }
+                pyhelpers::protocol_callback_failed(
+                    py,
+                    this.loop_obj.bind(py),
+                    slf.as_any(),
+                    Some(p),
+                    e.into_value(py).into_any(),
+                    "protocol.pause_writing() failed",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let proto = {
+            let mut inner = this.inner.borrow_mut(py);
+            if !inner.protocol_paused || inner.wbuf_size > inner.low {
+                return Ok(());
+            }
+            inner.protocol_paused = false;
+            inner.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = proto {
+            if let Err(e) = p.bind(py).call_method0(intern!(py, "resume_writing")) {
+                if pyhelpers::is_exit_exception(py, &e) {
+                    return Err(e);
+                }
+                pyhelpers::protocol_callback_failed(
+                    py,
+                    this.loop_obj.bind(py),
+                    slf.as_any(),
+                    Some(p),
+                    e.into_value(py).into_any(),
+                    "protocol.resume_writing() failed",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(proto) = this.protocol(py) else {
+            return Ok(());
+        };
+        let res = proto.bind(py).call_method0(intern!(py, "eof_received"));
+        if this.kind == Kind::ReadPipe {
+            // A read pipe closes on EOF whatever the protocol answers.
+            if let Err(e) = res {
+                if pyhelpers::is_exit_exception(py, &e) {
+                    return Err(e);
+                }
+                return Self::fatal_error(
+                    slf,
+                    e,
+                    "Fatal error: protocol.eof_received() call failed.",
+                );
+            }
+            {
+                let mut inner = this.inner.borrow_mut(py);
+                inner.closing = true;
+            }
+            this.core(py).unwatch_fd(py, this.fd, false)?;
+            return Self::schedule_connection_lost(slf, None);
+        }
+        match res {
+            Err(e) => {
+                Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed.")
+            }
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    this.core(py).unwatch_fd(py, this.fd, false)?;
+                    Ok(())
+                } else {
+                    Self::close(slf)
+                }
+            }
+        }
+    }
+
+    fn queue(&self, py: Python<'_>, data: &[u8]) {
+        let mut inner = self.inner.borrow_mut(py);
+        inner.wbuf.push_back(data.to_vec());
+        inner.wbuf_size += data.len();
+    }
+
+    fn resolve_flush_waiters(&self, py: Python<'_>, exc: Option<&str>) -> PyResult<()> {
+        let waiters = std::mem::take(&mut self.inner.borrow_mut(py).flush_waiters);
+        for w in waiters {
+            let w = w.bind(py);
+            if w.call_method0(intern!(py, "done"))?.is_truthy()? {
+                continue;
+            }
+            match exc {
+                None => {
+                    w.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                }
+                Some(msg) => {
+                    let err = pyo3::exceptions::PyConnectionError::new_err(msg.to_string());
+                    w.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    #[pyo3(signature = (r#loop, sock, protocol, extra=None, server=None, kind=0))]
+    fn new(
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        extra: Option<&Bound<'_, PyDict>>,
+        server: Option<&Bound<'_, PyAny>>,
+        kind: u8,
+    ) -> PyResult<Self> {
+        let py = r#loop.py();
+        let core = r#loop
+            .cast::<CoreLoop>()
+            .map_err(|_| PyTypeError::new_err("loop must be a tokioloop loop"))?
+            .clone()
+            .unbind();
+        let kind = match kind {
+            0 => Kind::Socket,
+            1 => Kind::ReadPipe,
+            2 => Kind::WritePipe,
+            k => return Err(PyValueError::new_err(format!("unknown transport kind {k}"))),
+        };
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {fd}"
+            )));
+        }
+        // SAFETY: fcntl on a descriptor the caller owns; failures leave it unchanged.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        if kind == Kind::Socket {
+            set_nodelay_if_tcp(fd);
+        }
+        let buffered = is_buffered_protocol(py, protocol)?;
+        let extra = match extra {
+            Some(d) => d.clone().unbind(),
+            None => PyDict::new(py).unbind(),
+        };
+        Ok(StreamTransport {
+            inner: GilRefCell::new(Inner {
+                sock: Some(sock.clone().unbind()),
+                protocol: Some(protocol.clone().unbind()),
+                buffered,
+                extra: Some(extra),
+                server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+                closing: false,
+                paused: false,
+                conn_lost: 0,
+                eof_requested: false,
+                wbuf: VecDeque::new(),
+                wbuf_off: 0,
+                wbuf_size: 0,
+                high: DEFAULT_HIGH_WATER,
+                low: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                flush_waiters: Vec::new(),
+            }),
+            fd,
+            kind,
+            loop_obj: r#loop.clone().unbind(),
+            core,
+        })
+    }
+
+    /// Starts watching the fd; scheduled right after connection_made.
+    fn _attach_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let inner = this.inner.borrow_mut(py);
+            if inner.closing || inner.paused || inner.conn_lost > 0 {
+                return Ok(());
+            }
+        }
+        if this.core(py).is_closed_now(py) {
+            return Ok(());
+        }
+        Self::watch_read(slf)
+    }
+
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.kind == Kind::WritePipe {
+            // The read end closed: a write pipe can only learn that by readability.
+            let has_buffer = this.inner.borrow_mut(py).wbuf_size > 0;
+            this.core(py).unwatch_fd(py, this.fd, false)?;
+            if has_buffer {
+                let exc = pyo3::exceptions::PyBrokenPipeError::new_err(())
+                    .into_value(py)
+                    .into_any();
+                return Self::force_close(slf, Some(exc));
+            }
+            return Self::force_close(slf, None);
+        }
+        let (buffered, proto) = {
+            let inner = this.inner.borrow_mut(py);
+            if inner.conn_lost > 0 {
+                return Ok(());
+            }
+            match &inner.protocol {
+                Some(p) => (inner.buffered, p.clone_ref(py)),
+                None => return Ok(()),
+            }
+        };
+        let proto = proto.bind(py);
+        if buffered {
+            let buf = match proto.call_method1(intern!(py, "get_buffer"), (-1,)) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.get_buffer() call failed.",
+                    )
+                }
+            };
+            let view = match ByteView::new(&buf, true) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.get_buffer() call failed.",
+                    )
+                }
+            };
+            if view.len() == 0 {
+                let e = PyRuntimeError::new_err("get_buffer() returned an empty buffer");
+                return Self::fatal_error(
+                    slf,
+                    e,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                );
+            }
+            let res = this.sys_read(view.ptr(), view.len());
+            drop(view);
+            drop(buf);
+            match res {
+                Ok(0) => Self::on_eof(slf),
+                Ok(n) => match proto.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                },
+                Err(e) if would_block(&e) => Ok(()),
+                Err(e) => {
+                    Self::fatal_error(slf, PyErr::from(e), "Fatal read error on socket transport")
+                }
+            }
+        } else {
+            let res = READ_BUF.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                let cap = buf.len();
+                this.sys_read(buf.as_mut_ptr(), cap).map(|n| {
+                    (
+                        n,
+                        if n > 0 {
+                            Some(PyBytes::new(py, &buf[..n]))
+                        } else {
+                            None
+                        },
+                    )
+                })
+            });
+            match res {
+                Ok((0, _)) => Self::on_eof(slf),
+                Ok((_, Some(data))) => {
+                    match proto.call_method1(intern!(py, "data_received"), (data,)) {
+                        Ok(_) => Ok(()),
+                        Err(e) => Self::fatal_error(
+                            slf,
+                            e,
+                            "Fatal error: protocol.data_received() call failed.",
+                        ),
+                    }
+                }
+                Ok(_) => Ok(()),
+                Err(e) if would_block(&e) => Ok(()),
+                Err(e) => {
+                    Self::fatal_error(slf, PyErr::from(e), "Fatal read error on socket transport")
+                }
+            }
+        }
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.kind == Kind::ReadPipe {
+            return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                "a read pipe transport cannot write",
+            ));
+        }
+        let view = ByteView::new(data, false).map_err(|_| bytes_like_error(data))?;
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.eof_requested {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if view.len() == 0 {
+                return Ok(());
+            }
+            if inner.conn_lost > 0 || inner.sock.is_none() {
+                let warn = inner.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                inner.conn_lost += 1;
+                drop(inner);
+                if warn {
+                    pyhelpers::log_warning(py, "socket.send() raised exception.")?;
+                }
+                return Ok(());
+            }
+            if !inner.wbuf.is_empty() {
+                inner.wbuf.push_back(view.as_slice().to_vec());
+                inner.wbuf_size += view.len();
+                drop(inner);
+                return Self::maybe_pause_protocol(slf);
+            }
+        }
+        // Nothing queued: try to send right away and queue only the rest.
+        let sent = match this.sys_write(view.as_slice()) {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => 0,
+            Err(e) => {
+                return Self::fatal_error(
+                    slf,
+                    PyErr::from(e),
+                    "Fatal write error on socket transport",
+                )
+            }
+        };
+        if sent == view.len() {
+            return Ok(());
+        }
+        this.queue(py, &view.as_slice()[sent..]);
+        drop(view);
+        Self::watch_write(slf)?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let mut joined: Vec<u8> = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            let view = ByteView::new(&item, false).map_err(|_| bytes_like_error(&item))?;
+            joined.extend_from_slice(view.as_slice());
+        }
+        let bytes = PyBytes::new(py, &joined);
+        Self::write(slf, bytes.as_any())
+    }
+
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = {
+            let inner = this.inner.borrow_mut(py);
+            if inner.conn_lost > 0 || inner.wbuf.is_empty() {
+                None
+            } else {
+                let mut iov: Vec<libc::iovec> =
+                    Vec::with_capacity(inner.wbuf.len().min(MAX_IOVECS));
+                for (i, chunk) in inner.wbuf.iter().take(MAX_IOVECS).enumerate() {
+                    let off = if i == 0 { inner.wbuf_off } else { 0 };
+                    iov.push(libc::iovec {
+                        iov_base: chunk[off..].as_ptr() as *mut libc::c_void,
+                        iov_len: chunk.len() - off,
+                    });
+                }
+                Some(this.sys_writev(&iov))
+            }
+        };
+        let Some(result) = result else {
+            this.core(py).unwatch_fd(py, this.fd, true)?;
+            return Ok(());
+        };
+        let mut sent = match result {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => {
+                this.core(py).unwatch_fd(py, this.fd, true)?;
+                {
+                    let mut inner = this.inner.borrow_mut(py);
+                    inner.wbuf.clear();
+                    inner.wbuf_off = 0;
+                    inner.wbuf_size = 0;
+                }
+                this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
+                return Self::fatal_error(
+                    slf,
+                    PyErr::from(e),
+                    "Fatal write error on socket transport",
+                );
+            }
+        };
+        let (empty, closing, eof) = {
+            let mut inner = this.inner.borrow_mut(py);
+            inner.wbuf_size -= sent;
+            while sent > 0 {
+                let Some(front) = inner.wbuf.front() else {
+                    break;
+                };
+                let left = front.len() - inner.wbuf_off;
+                if sent >= left {
+                    sent -= left;
+                    inner.wbuf.pop_front();
+                    inner.wbuf_off = 0;
+                } else {
+                    inner.wbuf_off += sent;
+                    sent = 0;
+                }
+            }
+            (inner.wbuf.is_empty(), inner.closing, inner.eof_requested)
+        };
+        Self::maybe_resume_protocol(slf)?;
+        if empty {
+            this.core(py).unwatch_fd(py, this.fd, true)?;
+            this.resolve_flush_waiters(py, None)?;
+            if closing {
+                if this.kind == Kind::WritePipe {
+                    this.core(py).unwatch_fd(py, this.fd, false)?;
+                }
+                Self::_call_connection_lost(slf, None)?;
+            } else if eof && this.kind == Kind::Socket {
+                // SAFETY: shutdown on our own socket fd.
+                unsafe { libc::shutdown(this.fd, libc::SHUT_WR) };
+            }
+        }
+        Ok(())
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match this.kind {
+            Kind::ReadPipe => Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                "a read pipe transport cannot write",
+            )),
+            Kind::WritePipe => {
+                let buffered = {
+                    let mut inner = this.inner.borrow_mut(py);
+                    if inner.closing {
+                        return Ok(());
+                    }
+                    inner.closing = true;
+                    inner.wbuf_size > 0
+                };
+                if !buffered {
+                    this.inner.borrow_mut(py).conn_lost += 1;
+                    this.core(py).unwatch_fd(py, this.fd, false)?;
+                    Self::schedule_connection_lost(slf, None)?;
+                }
+                Ok(())
+            }
+            Kind::Socket => {
+                let buffered = {
+                    let mut inner = this.inner.borrow_mut(py);
+                    if inner.closing || inner.eof_requested {
+                        return Ok(());
+                    }
+                    inner.eof_requested = true;
+                    inner.wbuf_size > 0
+                };
+                if !buffered {
+                    // SAFETY: shutdown on our own socket fd.
+                    if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } < 0 {
+                        let e = last_err();
+                        if e.raw_os_error() != Some(libc::ENOTCONN) {
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn can_write_eof(&self) -> bool {
+        self.kind != Kind::ReadPipe
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.kind == Kind::WritePipe {
+            return Self::write_eof(slf);
+        }
+        let buffered = {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.closing {
+                return Ok(());
+            }
+            inner.closing = true;
+            inner.wbuf_size > 0
+        };
+        this.core(py).unwatch_fd(py, this.fd, false)?;
+        if !buffered {
+            this.inner.borrow_mut(py).conn_lost += 1;
+            this.core(py).unwatch_fd(py, this.fd, true)?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.inner.borrow_mut(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let inner = self.inner.borrow_mut(py);
+        !inner.closing && !inner.paused
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.closing || inner.paused {
+                return Ok(());
+            }
+            inner.paused = true;
+        }
+        this.core(py).unwatch_fd(py, this.fd, false)?;
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.closing || !inner.paused {
+                return Ok(());
+            }
+            inner.paused = false;
+        }
+        if this.core(py).is_closed_now(py) {
+            return Ok(());
+        }
+        Self::watch_read(slf)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, Some(l)) => 4 * l,
+            (None, None) => DEFAULT_HIGH_WATER as i64,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut inner = slf.get().inner.borrow_mut(py);
+            inner.high = high as usize;
+            inner.low = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let inner = self.inner.borrow_mut(py);
+        (inner.low, inner.high)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.inner.borrow_mut(py).wbuf_size
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let extra = self
+            .inner
+            .borrow_mut(py)
+            .extra
+            .as_ref()
+            .map(|e| e.clone_ref(py));
+        if let Some(extra) = extra {
+            if let Some(v) = extra.bind(py).get_item(name)? {
+                return Ok(v.unbind());
+            }
+        }
+        Ok(default.unwrap_or_else(|| py.None()))
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(py, protocol)?;
+        let old = {
+            let mut inner = self.inner.borrow_mut(py);
+            inner.buffered = buffered;
+            inner.protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_obj.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_obj.clone_ref(py)
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// A future resolved once everything written so far has left the buffer.
+    fn _flush_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let fut = self
+            .loop_obj
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
+        let mut inner = self.inner.borrow_mut(py);
+        if inner.conn_lost > 0 {
+            drop(inner);
+            let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            fut.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+        } else if inner.wbuf.is_empty() {
+            drop(inner);
+            fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        } else {
+            inner.flush_waiters.push(fut.clone().unbind());
+        }
+        Ok(fut.unbind())
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, sock, server) = {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.sock.is_none() {
+                return Ok(());
+            }
+            inner.closing = true;
+            (
+                inner.protocol.take(),
+                inner.sock.take(),
+                inner.server.take(),
+            )
+        };
+        this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
+        let exc = exc.filter(|e| !e.is_none(py));
+        let res = match &protocol {
+            Some(p) => p
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        // Whatever the protocol did, the socket is closed and the server told.
+        let _ = this.core(py).unwatch_fd(py, this.fd, false);
+        let _ = this.core(py).unwatch_fd(py, this.fd, true);
+        let close_res = match sock {
+            Some(s) => s.bind(py).call_method0(intern!(py, "close")).map(|_| ()),
+            None => Ok(()),
+        };
+        let detach_res = match server {
+            Some(s) => s
+                .bind(py)
+                .call_method1(intern!(py, "_detach"), (slf,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        res.and(close_res).and(detach_res)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let inner = self.inner.borrow_mut(py);
+        let state = if inner.sock.is_none() {
+            " closed"
+        } else if inner.closing {
+            " closing"
+        } else {
+            ""
+        };
+        let kind = match self.kind {
+            Kind::Socket => "StreamTransport",
+            Kind::ReadPipe => "ReadPipeTransport",
+            Kind::WritePipe => "WritePipeTransport",
+        };
+        format!(
+            "<{kind}{state} fd={} read={} write=<bufsize={}>>",
+            self.fd,
+            if inner.paused { "paused" } else { "polling" },
+            inner.wbuf_size
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_obj)?;
+        visit.call(&self.core)?;
+        if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
+            visit.call(&inner.sock)?;
+            visit.call(&inner.protocol)?;
+            visit.call(&inner.extra)?;
+            visit.call(&inner.server)?;
+            for w in &inner.flush_waiters {
+                visit.call(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.inner.try_borrow_mut_in_gc().map(|mut inner| {
+            (
+                inner.protocol.take(),
+                inner.extra.take(),
+                inner.server.take(),
+                std::mem::take(&mut inner.flush_waiters),
+            )
+        });
+        drop(taken);
+    }
+}
+
+fn set_nodelay_if_tcp(fd: RawFd) {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ok < 0 || (domain != libc::AF_INET && domain != libc::AF_INET6) {
+        return;
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ok < 0 || ty != libc::SOCK_STREAM {
+        return;
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: setting an int option from a valid pointer.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
