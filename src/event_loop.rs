@@ -443,6 +443,114 @@ impl CoreLoop {
         }
     }
 
+    // ---- scheduling, shared by the pymethods and the fast-call entry points ----
+
+    pub fn call_soon_impl(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
+        let h = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                context,
+                debug,
+            )?,
+        )?;
+        self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
+        Ok(h)
+    }
+
+    pub fn call_soon_threadsafe_impl(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
+            Some(st) => (st.closed, st.debug, st.thread_id),
+            None => (false, false, None),
+        };
+        if closed {
+            return Err(closed_error());
+        }
+        if debug && pyhelpers::is_coroutine_function(py, callback)? {
+            return Err(PyTypeError::new_err(
+                "coroutines cannot be used with call_soon_threadsafe()",
+            ));
+        }
+        check_callable(py, callback, "call_soon_threadsafe")?;
+        let h = Py::new(
+            py,
+            Handle::new(
+                py,
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                context,
+                debug,
+            )?,
+        )?;
+        let _ = thread_id;
+        // Holding the GIL is enough to append to the ready queue from any thread:
+        // the loop thread never keeps a borrow across a GIL release. That keeps
+        // asyncio's ordering (arrival order) exactly. The remote queue is only
+        // the fallback for a re-entrant call made while the state is borrowed.
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                st.ready.push_back(h.clone_ref(py));
+                drop(st);
+                self.remote.wake();
+            }
+            None => self.remote.push(h.clone_ref(py)),
+        }
+        Ok(h)
+    }
+
+    pub fn call_later_impl(
+        &self,
+        py: Python<'_>,
+        delay: Option<f64>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let Some(delay) = delay else {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        };
+        // asyncio's call_later goes through call_at, and its errors name call_at.
+        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
+        self.schedule_timer(
+            py,
+            clock::monotonic() + delay,
+            callback,
+            args,
+            context,
+            debug,
+        )
+    }
+
+    pub fn call_at_impl(
+        &self,
+        py: Python<'_>,
+        when: Option<f64>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let Some(when) = when else {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        };
+        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
+        self.schedule_timer(py, when, callback, args, context, debug)
+    }
+
     // ---- API for the native transports (same thread, GIL held) ----
 
     pub fn is_closed_now(&self, py: Python<'_>) -> bool {
@@ -602,19 +710,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
-        self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
-        Ok(h)
+        self.call_soon_impl(py, callback, args, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -625,43 +721,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
-            Some(st) => (st.closed, st.debug, st.thread_id),
-            None => (false, false, None),
-        };
-        if closed {
-            return Err(closed_error());
-        }
-        if debug && pyhelpers::is_coroutine_function(py, callback)? {
-            return Err(PyTypeError::new_err(
-                "coroutines cannot be used with call_soon_threadsafe()",
-            ));
-        }
-        check_callable(py, callback, "call_soon_threadsafe")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
-        let _ = thread_id;
-        // Holding the GIL is enough to append to the ready queue from any thread:
-        // the loop thread never keeps a borrow across a GIL release. That keeps
-        // asyncio's ordering (arrival order) exactly. The remote queue is only
-        // the fallback for a re-entrant call made while the state is borrowed.
-        match self.state.try_borrow_mut(py) {
-            Some(mut st) => {
-                st.ready.push_back(h.clone_ref(py));
-                drop(st);
-                self.remote.wake();
-            }
-            None => self.remote.push(h.clone_ref(py)),
-        }
-        Ok(h)
+        self.call_soon_threadsafe_impl(py, callback, args, context)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -673,19 +733,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let Some(delay) = delay else {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        };
-        // asyncio's call_later goes through call_at, and its errors name call_at.
-        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
-        self.schedule_timer(
-            py,
-            clock::monotonic() + delay,
-            callback,
-            args,
-            context,
-            debug,
-        )
+        self.call_later_impl(py, delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -697,11 +745,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let Some(when) = when else {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        };
-        let debug = self.check_thread_and_callback(py, callback, "call_at")?;
-        self.schedule_timer(py, when, callback, args, context, debug)
+        self.call_at_impl(py, when, callback, args, context)
     }
 
     /// The run loop proper; `Loop.run_forever` wraps it with asyncio's

@@ -3,6 +3,7 @@
 mod clock;
 mod deadline;
 mod event_loop;
+mod fastcall;
 mod gil_cell;
 mod handles;
 mod poller;
@@ -16,6 +17,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::CoreLoop>()?;
+    fastcall::install(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;

@@ -1,0 +1,313 @@
+//! Hand-written METH_FASTCALL entry points for the loop's hottest methods.
+//!
+//! Every asyncio task step goes through `loop.call_soon(step, context=ctx)`.
+//! PyO3's generic argument parser spends ~200 instructions matching the
+//! `context` keyword by string; these entry points parse the vectorcall
+//! arguments directly (the keyword by identity, falling back to equality)
+//! and then run the same implementation as the PyO3 methods they replace.
+
+use crate::event_loop::CoreLoop;
+use pyo3::exceptions::{PySystemError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
+use pyo3::PyTypeInfo;
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// Parsed `(fixed..., *args, context=None)` call. At most two fixed
+/// parameters exist (`delay`/`when` and `callback`), so no allocation is
+/// needed on the common path.
+struct Parsed<'py> {
+    fixed: [Option<Bound<'py, PyAny>>; 2],
+    rest: Bound<'py, PyTuple>,
+    context: Option<Py<PyAny>>,
+}
+
+impl<'py> Parsed<'py> {
+    fn arg(&self, i: usize) -> &Bound<'py, PyAny> {
+        // `parse` fills every fixed slot or fails, so the slot is always set.
+        self.fixed[i].as_ref().expect("fixed argument parsed")
+    }
+}
+
+fn missing_error(method: &str, missing: &[&str]) -> PyErr {
+    let list = missing
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    PyTypeError::new_err(format!(
+        "{method}() missing {} required positional argument{}: {list}",
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" }
+    ))
+}
+
+/// # Safety
+/// `args` must hold `nargs` positional arguments followed by one value per
+/// name in `kwnames`, as CPython's vectorcall protocol guarantees.
+unsafe fn parse<'py>(
+    py: Python<'py>,
+    method: &str,
+    fixed_names: &[&str],
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Parsed<'py>> {
+    let nfixed = fixed_names.len();
+    let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+    for (i, slot) in fixed.iter_mut().enumerate().take(nfixed.min(nargs)) {
+        *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
+    }
+    let mut context = None;
+    if !kwnames.is_null() {
+        let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+        for (i, name) in names.iter().enumerate() {
+            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + i));
+            // asyncio passes the same "context" string object every time:
+            // compare by identity first, by value (no allocation) otherwise.
+            if is_context_name(name.as_ptr()) {
+                context = if value.is_none() {
+                    None
+                } else {
+                    Some(value.unbind())
+                };
+                continue;
+            }
+            let text = name
+                .cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_cow().ok().map(|c| c.into_owned()))
+                .unwrap_or_default();
+            if false {
+            } else if let Some(pos) = fixed_names.iter().position(|n| *n == text) {
+                // Fixed parameters may also come by keyword (`call_soon(callback=f)`).
+                if fixed[pos].is_some() {
+                    return Err(PyTypeError::new_err(format!(
+                        "{method}() got multiple values for argument '{text}'"
+                    )));
+                }
+                fixed[pos] = Some(value);
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got an unexpected keyword argument '{text}'"
+                )));
+            }
+        }
+    }
+    if fixed.iter().take(nfixed).any(|f| f.is_none()) {
+        let missing: Vec<&str> = (0..nfixed)
+            .filter(|&i| fixed[i].is_none())
+            .map(|i| fixed_names[i])
+            .collect();
+        return Err(missing_error(method, &missing));
+    }
+    let rest = if nargs <= nfixed {
+        PyTuple::empty(py)
+    } else {
+        let extra = std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed);
+        PyTuple::new(py, extra.iter().map(|p| Bound::from_borrowed_ptr(py, *p)))?
+    };
+    Ok(Parsed {
+        fixed,
+        rest,
+        context,
+    })
+}
+
+static CONTEXT_NAME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Whether a keyword name is "context". The last matching object is
+/// remembered (and kept alive) so the common case is one pointer compare.
+unsafe fn is_context_name(name: *mut ffi::PyObject) -> bool {
+    if name == CONTEXT_NAME.load(Ordering::Relaxed) {
+        return true;
+    }
+    if ffi::PyUnicode_Check(name) == 0
+        || ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0
+    {
+        return false;
+    }
+    // Keep the remembered string alive for ever (one small leak per new object seen).
+    ffi::Py_INCREF(name);
+    CONTEXT_NAME.store(name, Ordering::Relaxed);
+    true
+}
+
+fn optional_float(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if obj.is_none() {
+        Ok(None)
+    } else {
+        obj.extract::<f64>().map(Some)
+    }
+}
+
+type Body = for<'py> fn(Python<'py>, &CoreLoop, Parsed<'py>) -> PyResult<Py<PyAny>>;
+
+/// # Safety
+/// Called by CPython through a method descriptor of the CoreLoop type, so
+/// `slf` is a CoreLoop (or subclass) instance and the GIL is held.
+unsafe fn entry(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    method: &str,
+    fixed: &[&str],
+    body: Body,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let result = catch_unwind(AssertUnwindSafe(|| -> PyResult<Py<PyAny>> {
+        let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<CoreLoop>();
+        let parsed = parse(py, method, fixed, args, nargs.max(0) as usize, kwnames)?;
+        body(py, this.get(), parsed)
+    }));
+    match result {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            PySystemError::new_err(format!("tokioloop: internal panic in {method}()")).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        slf,
+        args,
+        nargs,
+        kw,
+        "call_soon",
+        &["callback"],
+        |py, core, mut p| {
+            let ctx = p.context.take();
+            Ok(core.call_soon_impl(py, p.arg(0), &p.rest, ctx)?.into_any())
+        },
+    )
+}
+
+unsafe extern "C" fn call_soon_threadsafe(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        slf,
+        args,
+        nargs,
+        kw,
+        "call_soon_threadsafe",
+        &["callback"],
+        |py, core, mut p| {
+            let ctx = p.context.take();
+            Ok(core
+                .call_soon_threadsafe_impl(py, p.arg(0), &p.rest, ctx)?
+                .into_any())
+        },
+    )
+}
+
+unsafe extern "C" fn call_later(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        slf,
+        args,
+        nargs,
+        kw,
+        "call_later",
+        &["delay", "callback"],
+        |py, core, mut p| {
+            let delay = optional_float(p.arg(0))?;
+            let ctx = p.context.take();
+            Ok(core
+                .call_later_impl(py, delay, p.arg(1), &p.rest, ctx)?
+                .into_any())
+        },
+    )
+}
+
+unsafe extern "C" fn call_at(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        slf,
+        args,
+        nargs,
+        kw,
+        "call_at",
+        &["when", "callback"],
+        |py, core, mut p| {
+            let when = optional_float(p.arg(0))?;
+            let ctx = p.context.take();
+            Ok(core
+                .call_at_impl(py, when, p.arg(1), &p.rest, ctx)?
+                .into_any())
+        },
+    )
+}
+
+type Raw = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// Replaces the PyO3-generated methods on the CoreLoop type with the
+/// fast-call versions above (same names, same behaviour).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let table: [(&'static CStr, Raw, &'static CStr); 4] = [
+        (c"call_soon", call_soon, c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon."),
+        (c"call_soon_threadsafe", call_soon_threadsafe, c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but safe to call from any thread."),
+        (c"call_later", call_later, c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds."),
+        (c"call_at", call_at, c"call_at($self, when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`."),
+    ];
+    let ty = CoreLoop::type_object(py);
+    for (name, func, doc) in table {
+        // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
+        let def = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: func,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
+        }));
+        // SAFETY: a valid type object and a 'static method definition.
+        let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
+        if descr.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `descr` is a new reference we own.
+        let descr = unsafe { Bound::from_owned_ptr(py, descr) };
+        // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
+        unsafe {
+            let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
+            if dict.is_null() || ffi::PyDict_SetItemString(dict, name.as_ptr(), descr.as_ptr()) < 0
+            {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::PyType_Modified(ty.as_ptr().cast());
+        }
+    }
+    Ok(())
+}
