@@ -7,7 +7,8 @@ limits).  A test fails when a CPython test fails that is not listed in
 ``tests/conformance/expected_failures_<X.Y>.txt``, or (the list only shrinks)
 when a listed test now passes.
 
-Timing (2 cores): the five groups take ~25-40 s in total when nothing hangs;
+Timing (2 cores): the five groups take ~60-100 s in total when nothing hangs (plus
+~10 s of harness self-tests);
 the worst case is bounded by ``--budget`` per group (5 x 110 s).
 
 Environment knobs:
@@ -101,6 +102,14 @@ def _check(p, data):
     if msg:
         # the runner's own summary (table + one line per failure) says the rest
         tail = p.stdout[p.stdout.find("\nmodule "):] if "\nmodule " in p.stdout else p.stdout
+        tbs = []
+        for tid in unexpected[:5]:
+            mod = tid.split(".")[0]
+            detail = data["modules"].get(mod, {}).get("tests", {}).get(tid, {}).get("detail", "")
+            lines = detail.rstrip().splitlines()
+            tbs.append("--- %s\n%s" % (tid, "\n".join(lines[-25:])))
+        if tbs:
+            tail += "\nfirst tracebacks:\n" + "\n".join(tbs)
         pytest.fail("\n".join(msg) + "\n" + tail, pytrace=False)
     assert p.returncode == 0, p.stdout
 

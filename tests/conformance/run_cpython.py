@@ -45,6 +45,15 @@ How the loop under test gets in:
    on the loop under test as they are; the other child-watcher variants of
    ``SubprocessMixin`` only with ``--variants``.
 
+3. *Mirrors of mock/TestLoop-based classes* -- ``test_runners``
+   (``RunTests``/``RunnerTests`` use mocked ``BaseEventLoop``s),
+   ``test_pep492`` (same) and the ``test_tasks``/``test_futures`` classes whose
+   ``setUp`` calls ``new_test_loop()`` (virtual-time ``test_utils.TestLoop``)
+   get ``Tokioloop<Name>`` twins that use the loop under test
+   (``new_test_loop(gen)`` with a virtual-time generator still returns a
+   TestLoop).  The originals run too.  All twins pass on CPython's own loop
+   (``--factory asyncio:SelectorEventLoop``, 3.11-3.13).
+
 The summary's ``onloop`` column counts the tests that created at least one
 loop under test -- the rest (``test_utils.TestLoop``, mocked ``BaseEventLoop``,
 explicit ``SelectorEventLoop()``) exercise CPython's own code only.
@@ -281,6 +290,35 @@ def make_loop_classes(modname, mod, factory):
         if getattr(mod, 'ssl', None) is not None:
             add('TokioloopStartTLSTests', [mod.BaseStartTLS, unittest.TestCase],
                 {'new_loop': create_event_loop})
+    elif modname == 'test_runners':
+        # RunTests/RunnerTests drive asyncio.run()/Runner through a TestPolicy
+        # whose loops are mocked BaseEventLoops (onloop = 0).  Mirror them
+        # with the loop under test; BaseTest.tearDown checks that
+        # shutdown_asyncgens() ran, so wrap it the same way new_loop() does.
+        def new_loop(self):
+            loop = factory()
+            orig = loop.shutdown_asyncgens
+            loop.shutdown_ag_run = False
+
+            async def shutdown_asyncgens():
+                loop.shutdown_ag_run = True
+                await orig()
+            loop.shutdown_asyncgens = shutdown_asyncgens
+            return loop
+        for base in ('RunTests', 'RunnerTests'):
+            if hasattr(mod, base):
+                add('Tokioloop' + base, [getattr(mod, base)], {'new_loop': new_loop})
+    elif modname == 'test_pep492':
+        # BaseTest.setUp uses a BaseEventLoop with a mocked selector; mirror
+        # every concrete class with the loop under test instead.
+        def setUp(self):
+            test_utils.TestCase.setUp(self)
+            self.loop = factory()
+            self.set_event_loop(self.loop)
+        for name, obj in sorted(vars(mod).items()):
+            if (isinstance(obj, type) and issubclass(obj, mod.BaseTest)
+                    and obj is not mod.BaseTest):
+                add('Tokioloop' + name, [obj], {'setUp': setUp})
     elif modname == 'test_subprocess':
         # 3.11-3.13: SubprocessThreadedWatcherTests (the default watcher) gets
         # its loop from policy.new_event_loop(), i.e. the loop under test, so
@@ -294,7 +332,49 @@ def make_loop_classes(modname, mod, factory):
                 self.set_event_loop(self.loop)
             add('TokioloopSubprocessTests',
                 [mod.SubprocessMixin, test_utils.TestCase], {'setUp': setUp})
+    if modname in MIRROR_TESTLOOP:
+        mirror_testloop_classes(mod, factory, add)
     return new
+
+
+# Modules whose tests mostly run on test_utils.TestLoop (a virtual-time
+# BaseEventLoop): their classes whose setUp() calls self.new_test_loop() are
+# mirrored as Tokioloop<Name> with new_test_loop() returning the loop under
+# test -- except when called with a virtual-time generator, which only
+# TestLoop can honour.
+MIRROR_TESTLOOP = {'test_tasks', 'test_futures'}
+# ... but not these: they step the loop by reading the private loop._ready
+MIRROR_EXCLUDE = {'FutureGatherTests', 'CoroutineGatherTests'}
+
+
+def mirror_testloop_classes(mod, factory, add):
+    import unittest
+    from test.test_asyncio import utils as test_utils
+
+    def uses_new_test_loop(cls):
+        for klass in cls.__mro__:
+            if klass.__module__ != mod.__name__:
+                continue
+            su = klass.__dict__.get('setUp')
+            if su is not None and 'new_test_loop' in getattr(su, '__code__', None).co_names:
+                return True
+        return False
+
+    def new_test_loop(self, gen=None):
+        if gen is not None:
+            return test_utils.TestCase.new_test_loop(self, gen)
+        loop = factory()
+        self.set_event_loop(loop)
+        return loop
+
+    for name, obj in sorted(vars(mod).items()):
+        if (isinstance(obj, type) and issubclass(obj, test_utils.TestCase)
+                and obj.__module__ == mod.__name__
+                and not name.startswith('Tokioloop')
+                and name not in MIRROR_EXCLUDE
+                and any(a.startswith('test') for a in dir(obj))
+                and uses_new_test_loop(obj)):
+            add('Tokioloop' + name, [obj], {'new_test_loop': new_test_loop})
 
 
 class JsonlResult:
@@ -440,6 +520,11 @@ def iter_tests(suite):
 def worker_main(args):
     import faulthandler
     faulthandler.enable()
+    # A shell starts background jobs with SIGINT ignored and Python then keeps
+    # SIG_IGN: asyncio.Runner would not install its SIGINT handler and every
+    # test interrupting itself with _thread.interrupt_main() would hang.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # watchdog during bootstrap/import too
     faulthandler.dump_traceback_later(args.timeout, exit=True)
 
@@ -538,6 +623,8 @@ def worker_main(args):
     # give interpreter shutdown the same watchdog (a hang there is a bug too)
     emit(event='done')
     jr.arm()
+    jr.f.close()
+    results.close()
     sys.stdout.flush()
     sys.stderr.flush()
     return 0
@@ -894,6 +981,8 @@ def expected_path_for(opts, pyver, for_writing=False):
 def update_expected(path, runs, expected, modules_run):
     """Rewrite the list: keep entries (and reasons) for tests that still fail,
     drop entries that now pass, add new failures with an auto reason."""
+    # re-read: someone may have edited the file while the suite ran
+    expected = Expected(path)
     failing = {}
     for mr in runs:
         for tid, (outcome, detail, _d) in mr.tests.items():
@@ -908,6 +997,11 @@ def update_expected(path, runs, expected, modules_run):
             continue
         hits = [t for t in failing if t == pat or fnmatch.fnmatchcase(t, pat)]
         if hits or reason.upper().startswith('SKIP'):
+            if pat in failing and 'not implemented yet (' in reason:
+                # an auto reason that may be stale now that the API exists
+                new_reason = auto_reason(failing[pat])
+                if 'not implemented yet (' not in new_reason or new_reason not in reason:
+                    reason = new_reason
             kept.append((pat, reason))
             covered.update(hits)
     for tid, detail in sorted(failing.items()):
