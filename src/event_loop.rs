@@ -64,6 +64,8 @@ struct LoopState {
     track_timing: bool,
     debug_value: Option<Py<PyAny>>,
     deadline: Option<DeadlineTimer>,
+    // fd -> weak reference to the native transport that owns it.
+    transports: std::collections::HashMap<RawFd, Py<PyAny>>,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, name = "CoreLoop")]
@@ -357,14 +359,9 @@ impl CoreLoop {
             st.stats.iterations += 1;
         }
 
-        let (ntodo, debug, slow, timed) = {
+        let (ntodo, debug, timed) = {
             let st = this.state.borrow_mut(py);
-            (
-                st.ready.len(),
-                st.debug,
-                st.slow_callback_duration,
-                st.debug || st.track_timing,
-            )
+            (st.ready.len(), st.debug, st.debug || st.track_timing)
         };
         let mut ran = 0u64;
         let mut longest = 0.0f64;
@@ -393,7 +390,8 @@ impl CoreLoop {
                         e,
                     )?;
                 }
-                if debug && dt >= slow {
+                // Read the threshold after the callback: it may have changed it.
+                if debug && dt >= this.state.borrow_mut(py).slow_callback_duration {
                     pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
                 }
             }
@@ -414,11 +412,25 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         write: bool,
     ) -> PyResult<()> {
+        Self::set_io_checked(slf, fd_obj, callback, args, write, true)
+    }
+
+    fn set_io_checked(
+        slf: &Bound<'_, Self>,
+        fd_obj: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+        check_transport: bool,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let method = if write { "add_writer" } else { "add_reader" };
         let debug = this.check_thread_and_callback(py, callback, method)?;
         let fd = fileobj_to_fd(fd_obj)?;
+        if check_transport {
+            this.ensure_fd_no_transport(py, fd)?;
+        }
         let handle = Py::new(
             py,
             Handle::new(
@@ -551,6 +563,59 @@ impl CoreLoop {
         self.schedule_timer(py, when, callback, args, context, debug)
     }
 
+    /// asyncio refuses add_reader & co. on an fd that a live transport owns.
+    fn ensure_fd_no_transport(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let weak = self
+            .state
+            .borrow_mut(py)
+            .transports
+            .get(&fd)
+            .map(|w| w.clone_ref(py));
+        let Some(weak) = weak else { return Ok(()) };
+        let transport = weak.bind(py).call0()?;
+        if transport.is_none() {
+            return Ok(());
+        }
+        if transport.call_method0("is_closing")?.is_truthy()? {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "File descriptor {fd} is used by transport {}",
+            transport.repr()?
+        )))
+    }
+
+    pub fn register_transport(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let weak = pyo3::types::PyWeakrefReference::new(transport)?
+            .into_any()
+            .unbind();
+        let old = self.state.borrow_mut(py).transports.insert(fd, weak);
+        drop(old);
+        Ok(())
+    }
+
+    pub fn unregister_transport(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) {
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            let same = st
+                .transports
+                .get(&fd)
+                .map(|w| w.bind(py).call0().map(|t| t.is(transport)).unwrap_or(true))
+                .unwrap_or(false);
+            if same {
+                st.transports.remove(&fd)
+            } else {
+                None
+            }
+        };
+        drop(old);
+    }
+
     // ---- API for the native transports (same thread, GIL held) ----
 
     pub fn is_closed_now(&self, py: Python<'_>) -> bool {
@@ -628,12 +693,24 @@ impl CoreLoop {
     }
 
     fn clear_io(slf: &Bound<'_, Self>, fd_obj: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        Self::clear_io_checked(slf, fd_obj, write, true)
+    }
+
+    fn clear_io_checked(
+        slf: &Bound<'_, Self>,
+        fd_obj: &Bound<'_, PyAny>,
+        write: bool,
+        check_transport: bool,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.state.borrow_mut(py).closed {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd_obj)?;
+        if check_transport {
+            this.ensure_fd_no_transport(py, fd)?;
+        }
         let old = this.state.borrow_mut(py).poller.clear(fd, write);
         match old {
             Some(h) => {
@@ -690,6 +767,7 @@ impl CoreLoop {
                 track_timing: false,
                 debug_value: None,
                 deadline,
+                transports: std::collections::HashMap::new(),
             }),
             remote: Arc::new(Remote::new()),
             epoll,
@@ -947,6 +1025,36 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         Self::set_io(slf, fd, callback, args, true)
+    }
+
+    /// asyncio's private variants: no check for an fd owned by a transport
+    /// (the loop's own machinery, e.g. sendfile, uses them on such fds).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::set_io_checked(slf, fd, callback, args, false, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::set_io_checked(slf, fd, callback, args, true, false)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_io_checked(slf, fd, false, false)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_io_checked(slf, fd, true, false)
     }
 
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {

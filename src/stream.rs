@@ -68,6 +68,7 @@ struct Inner {
     low: usize,
     protocol_paused: bool,
     flush_waiters: Vec<Py<PyAny>>,
+    sendfile_active: bool,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, weakref, dict)]
@@ -482,6 +483,7 @@ impl StreamTransport {
                 low: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
                 flush_waiters: Vec::new(),
+                sendfile_active: false,
             }),
             fd,
             kind,
@@ -503,6 +505,8 @@ impl StreamTransport {
         if this.core(py).is_closed_now(py) {
             return Ok(());
         }
+        this.core(py)
+            .register_transport(py, this.fd, slf.as_any())?;
         Self::watch_read(slf)
     }
 
@@ -839,6 +843,18 @@ impl StreamTransport {
         Self::force_close(slf, None)
     }
 
+    /// asyncio's private name for abort-with-an-exception (sslproto calls it).
+    #[pyo3(name = "_force_close", signature = (exc=None))]
+    fn py_force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let exc = exc.filter(|e| !e.is_none(slf.py()));
+        Self::force_close(slf, exc)
+    }
+
+    /// Set while loop.sendfile() owns the socket: writes are refused meanwhile.
+    fn _set_sendfile_active(&self, py: Python<'_>, active: bool) {
+        self.inner.borrow_mut(py).sendfile_active = active;
+    }
+
     fn is_closing(&self, py: Python<'_>) -> bool {
         self.inner.borrow_mut(py).closing
     }
@@ -1018,6 +1034,8 @@ impl StreamTransport {
             None => Ok(()),
         };
         // Whatever the protocol did, the socket is closed and the server told.
+        this.core(py)
+            .unregister_transport(py, this.fd, slf.as_any());
         let _ = this.core(py).unwatch_fd(py, this.fd, false);
         let _ = this.core(py).unwatch_fd(py, this.fd, true);
         let close_res = match sock {
@@ -1040,8 +1058,10 @@ impl StreamTransport {
             " closed"
         } else if inner.closing {
             " closing"
-        } else {
+        } else if self.kind == Kind::Socket {
             ""
+        } else {
+            " open"
         };
         let kind = match self.kind {
             Kind::Socket => "StreamTransport",

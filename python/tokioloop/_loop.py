@@ -20,8 +20,11 @@ import warnings
 import weakref
 
 from asyncio import constants, coroutines, events, futures, tasks
+from asyncio import base_events as _base_events
 from asyncio.log import logger
 
+from ._net import NetworkMixin
+from ._subprocess import SubprocessMixin
 from ._tokioloop import CoreLoop, Handle
 
 _SSLSocket = None
@@ -72,7 +75,7 @@ class _Again:
 _AGAIN = _Again()
 
 
-class Loop(CoreLoop, asyncio.AbstractEventLoop):
+class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop running on a tokio current-thread runtime."""
 
     def __init__(self):
@@ -393,7 +396,8 @@ class Loop(CoreLoop, asyncio.AbstractEventLoop):
             else:
                 value = repr(value)
             lines.append(f"{key}: {value}")
-        logger.error("\n".join(lines), exc_info=exc_info)
+        # Looked up at call time: tests and tools patch asyncio.base_events.logger.
+        _base_events.logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context):
         handler = self._exception_handler
