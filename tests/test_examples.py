@@ -491,16 +491,7 @@ def test_lock_and_condition(run):
         assert log[k][0] == "in" and log[k + 1] == ("out", log[k][1])
 
 
-def test_streams_echo(run, request):
-    if "stdlib" not in request.node.callspec.id:
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=NotImplementedError,
-                strict=True,
-                reason="transports and servers arrive with the networking issue (#3); "
-                "strict so it is noticed when they land",
-            )
-        )
+def test_streams_echo(run):
     async def handle(reader, writer):
         data = await reader.readline()
         writer.write(data.upper())

@@ -1,0 +1,305 @@
+"""connect_read_pipe / connect_write_pipe: pipes, socketpairs, ptys, EOF,
+reader going away, flow control, the fd-type checks.
+
+Runs on the stdlib loop (oracle) and on tokioloop.
+"""
+
+import asyncio
+import os
+import pty
+import socket
+import tempfile
+
+import pytest
+
+from net_helpers import CollectProtocol, run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_read_pipe(loop):
+    r, w = os.pipe()
+    rf = open(r, "rb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, pr = await loop.connect_read_pipe(lambda: proto, rf)
+        assert pr is proto and proto.events == ["made"]
+        assert tr.get_extra_info("pipe") is rf
+        assert tr.is_reading()
+        os.write(w, b"one ")
+        await proto.wait_for_bytes(4)
+        tr.pause_reading()
+        assert not tr.is_reading()
+        os.write(w, b"two")
+        await asyncio.sleep(0.05)
+        assert bytes(proto.data) == b"one "
+        tr.resume_reading()
+        await proto.wait_for_bytes(7)
+        os.close(w)
+        await proto.done
+        assert bytes(proto.data) == b"one two"
+        assert proto.events == ["made", "data", "eof", "lost"]
+        assert tr.is_closing()
+
+    run(loop, main())
+    assert rf.closed
+
+
+def test_read_pipe_close(loop):
+    r, w = os.pipe()
+    rf = open(r, "rb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, rf)
+        tr.close()
+        assert await proto.done is None
+        assert proto.events == ["made", "lost"]
+
+    try:
+        run(loop, main())
+        assert rf.closed
+    finally:
+        os.close(w)
+
+
+def test_read_pipe_buffered_protocol(tloop):
+    """tokioloop feeds BufferedProtocols on pipes too (the stdlib's pipe
+    transport only calls data_received)."""
+    loop = tloop
+    r, w = os.pipe()
+    rf = open(r, "rb", buffering=0)
+    from net_helpers import BufferedCollect
+
+    async def main():
+        proto = BufferedCollect(loop, size=7)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, rf)
+        os.write(w, b"buffered protocol over a pipe")
+        os.close(w)
+        await proto.done
+        return bytes(proto.data), proto.events
+
+    assert run(loop, main()) == (b"buffered protocol over a pipe", ["made", "eof", "lost"])
+
+
+def test_write_pipe(loop):
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        assert tr.get_extra_info("pipe") is wf
+        assert tr.can_write_eof()
+        tr.write(b"to ")
+        tr.writelines([b"the ", b"pipe"])
+        await asyncio.sleep(0.01)
+        assert os.read(r, 100) == b"to the pipe"
+        assert tr.get_write_buffer_size() == 0
+        tr.close()
+        await proto.done
+        assert os.read(r, 100) == b""  # writer closed -> EOF
+        assert proto.events == ["made", "lost"]
+
+    try:
+        run(loop, main())
+    finally:
+        os.close(r)
+
+
+def test_write_pipe_write_eof(loop):
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        tr.write(b"last words")
+        tr.write_eof()
+        assert tr.is_closing()
+        await proto.done
+        data = b""
+        while chunk := os.read(r, 100):
+            data += chunk
+        return data
+
+    try:
+        assert run(loop, main()) == b"last words"
+    finally:
+        os.close(r)
+
+
+def test_write_pipe_reader_closes(loop):
+    """The read end goes away: the transport notices (BrokenPipe or clean)."""
+
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        os.close(r)
+        exc = await proto.done
+        assert exc is None or isinstance(exc, BrokenPipeError)
+        assert tr.is_closing()
+
+    run(loop, main())
+
+
+def test_write_pipe_flow_control(loop):
+    """A full pipe pauses the protocol; draining it resumes."""
+
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        events = []
+        resumed = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def pause_writing(self):
+                events.append("pause")
+
+            def resume_writing(self):
+                events.append("resume")
+                resumed.set_result(None)
+
+            def connection_lost(self, exc):
+                events.append("lost")
+
+        tr, _ = await loop.connect_write_pipe(P, wf)
+        total = 0
+        while "pause" not in events:
+            tr.write(b"p" * 65536)
+            total += 65536
+            await asyncio.sleep(0)
+        assert tr.get_write_buffer_size() > 0
+        got = 0
+        os.set_blocking(r, False)
+        while not resumed.done():
+            try:
+                got += len(os.read(r, 1 << 20))
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.001)
+        assert events == ["pause", "resume"]
+        tr.close()
+        while True:
+            try:
+                chunk = os.read(r, 1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+                continue
+            if not chunk:
+                break
+            got += len(chunk)
+        assert got == total
+
+    try:
+        run(loop, main())
+    finally:
+        os.close(r)
+
+
+def test_pipe_over_socketpair(loop):
+    a, b = socket.socketpair()
+
+    async def main():
+        rproto = CollectProtocol(loop)
+        wproto = CollectProtocol(loop)
+        rtr, _ = await loop.connect_read_pipe(lambda: rproto, a)
+        wtr, _ = await loop.connect_write_pipe(lambda: wproto, b)
+        wtr.write(b"socketpair as pipes")
+        await rproto.wait_for_bytes(19)
+        wtr.close()
+        await wproto.done
+        await rproto.done
+        return bytes(rproto.data)
+
+    assert run(loop, main()) == b"socketpair as pipes"
+
+
+def test_write_pty(loop):
+    master, slave = pty.openpty()
+    import tty
+
+    tty.setraw(slave)
+    slave_f = open(slave, "wb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, slave_f)
+        tr.write(b"to the tty")
+        got = b""
+        os.set_blocking(master, False)
+        for _ in range(200):
+            try:
+                got += os.read(master, 100)
+            except BlockingIOError:
+                pass
+            if len(got) >= 10:
+                break
+            await asyncio.sleep(0.005)
+        # input typed on the terminal does not close the write transport
+        os.write(master, b"typed\n")
+        await asyncio.sleep(0.05)
+        assert not tr.is_closing()
+        tr.close()
+        await proto.done
+        return got
+
+    try:
+        assert run(loop, main()) == b"to the tty"
+    finally:
+        os.close(master)
+
+
+def test_read_pty(loop):
+    master, slave = pty.openpty()
+    master_f = open(master, "rb", buffering=0)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, master_f)
+        os.write(slave, b"line from the slave\n")
+        await proto.wait_for_bytes(5)
+        tr.close()
+        await proto.done
+        return bytes(proto.data)
+
+    try:
+        assert run(loop, main()).startswith(b"line")
+    finally:
+        os.close(slave)
+
+
+def test_pipe_type_checks(loop):
+    fd, path = tempfile.mkstemp()
+    try:
+        with open(path, "rb") as f:
+            with pytest.raises(ValueError, match=r"^Pipe transport is for pipes/sockets only\.$"):
+                run(loop, loop.connect_read_pipe(asyncio.Protocol, f))
+        with open(path, "wb") as f:
+            with pytest.raises(ValueError, match=r"^Pipe transport is only for pipes, sockets and character devices$"):
+                run(loop, loop.connect_write_pipe(asyncio.Protocol, f))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def test_write_pipe_is_not_a_read_transport(loop):
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        tr, _ = await loop.connect_write_pipe(asyncio.Protocol, wf)
+        with pytest.raises(Exception):
+            tr.write("text, not bytes")
+        tr.abort()
+        await asyncio.sleep(0)
+
+    try:
+        run(loop, main())
+    finally:
+        os.close(r)
