@@ -39,7 +39,10 @@ import threading
 import time
 import traceback
 
-ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
+ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop", "tokioloop+detector"]
+# Opt-in: tokioloop with its blocking-call detector on (threshold 0.1 s), to
+# measure the detector's cost (--loops tokioloop,tokioloop+detector).
+DEFAULT_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
 RESULT_MARK = "@@CORE_BENCH_RESULT@@ "
 
 
@@ -54,12 +57,23 @@ def get_loop_factory(name):
         return asyncio.SelectorEventLoop
     if name in ("uvloop", "rloop", "tokioloop"):
         return importlib.import_module(name).new_event_loop
+    if name == "tokioloop+detector":
+        tokioloop = importlib.import_module("tokioloop")
+
+        def factory():
+            loop = tokioloop.new_event_loop()
+            loop.set_blocking_detector(0.1)
+            return loop
+
+        return factory
     raise ValueError(f"unknown loop {name!r}")
 
 
 def loop_version(name):
     if name == "asyncio":
         return platform.python_version()
+    if name == "tokioloop+detector":
+        name = "tokioloop"
     mod = importlib.import_module(name)
     version = getattr(mod, "__version__", None)
     if version is None:
@@ -543,7 +557,7 @@ def main(argv=None):
             f"  {name:17s} {c[4]}: default {c[1]}, --quick {c[2]}" for name, c in CASES.items()
         ),
     )
-    ap.add_argument("--loops", default=",".join(ALL_LOOPS),
+    ap.add_argument("--loops", default=",".join(DEFAULT_LOOPS),
                     help="comma-separated loops (default: %(default)s)")
     ap.add_argument("--cases", default=",".join(DEFAULT_CASES),
                     help="comma-separated cases (default: all but call_soon_batch)")
@@ -648,6 +662,9 @@ def main(argv=None):
     head = ["case", "ops/run", *active]
     if show_ratio:
         head.append(f"tokioloop / best({', '.join(refs)})")
+    show_detector = has_tok and "tokioloop+detector" in active
+    if show_detector:
+        head.append("detector on / off")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     ratios = []
@@ -672,6 +689,10 @@ def main(argv=None):
                 row.append(f"{ratio:.2f}x (vs {best_ref[1]})")
             else:
                 row.append("n/a")
+        if show_detector:
+            on = r["loops"]["tokioloop+detector"].get(stat)
+            off = r["loops"]["tokioloop"].get(stat)
+            row.append(f"{on / off:.3f}" if on and off else "n/a")
         lines.append("| " + " | ".join(row) + " |")
     if show_ratio and ratios:
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))

@@ -46,6 +46,9 @@ pub struct Stats {
     pub timers_scheduled: u64,
     pub io_events: u64,
     pub longest_callback: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub blocking_reports: u64,
 }
 
 struct LoopState {
@@ -61,7 +64,8 @@ struct LoopState {
     callbacks_at_last_poll: u64,
     wakeup: Option<(OwnedFd, OwnedFd)>,
     stats: Stats,
-    track_timing: bool,
+    blocking_threshold: Option<f64>,
+    blocking_hook: Option<Py<PyAny>>,
     debug_value: Option<Py<PyAny>>,
     deadline: Option<DeadlineTimer>,
     // fd -> weak reference to the native transport that owns it.
@@ -350,6 +354,7 @@ impl CoreLoop {
                 let base: &Handle = b.as_super().get();
                 base.set_scheduled(py, false);
                 if base.is_cancelled(py) {
+                    st.timers.note_due_cancelled();
                     continue;
                 }
                 // SAFETY: TimerHandle extends Handle, so the object is a Handle.
@@ -359,9 +364,21 @@ impl CoreLoop {
             st.stats.iterations += 1;
         }
 
-        let (ntodo, debug, timed) = {
+        let (ntodo, debug, detector) = {
             let st = this.state.borrow_mut(py);
-            (st.ready.len(), st.debug, st.debug || st.track_timing)
+            (st.ready.len(), st.debug, st.blocking_threshold)
+        };
+        // Callback timing costs two clock reads per callback: only when debug
+        // mode or the blocking-call detector asked for it. The detector uses
+        // the coarse clock (vDSO, no TSC read) when its threshold allows.
+        let coarse = !debug && detector.map(|t| t >= 0.01).unwrap_or(false);
+        let timed = debug || detector.is_some();
+        let now_for_timing = || {
+            if coarse {
+                clock::monotonic_coarse()
+            } else {
+                clock::monotonic()
+            }
         };
         let mut ran = 0u64;
         let mut longest = 0.0f64;
@@ -371,11 +388,10 @@ impl CoreLoop {
                     break;
                 };
                 let handle = h.get();
-                // Timing costs two clock reads per callback: only when someone asked.
-                let t0 = if timed { clock::monotonic() } else { 0.0 };
+                let t0 = if timed { now_for_timing() } else { 0.0 };
                 let res = handle.run(py);
                 ran += 1;
-                let dt = if timed { clock::monotonic() - t0 } else { 0.0 };
+                let dt = if timed { now_for_timing() - t0 } else { 0.0 };
                 if dt > longest {
                     longest = dt;
                 }
@@ -390,9 +406,30 @@ impl CoreLoop {
                         e,
                     )?;
                 }
-                // Read the threshold after the callback: it may have changed it.
-                if debug && dt >= this.state.borrow_mut(py).slow_callback_duration {
-                    pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
+                if timed {
+                    // Read thresholds after the callback: it may have changed them.
+                    let (slow, threshold, hook) = {
+                        let st = this.state.borrow_mut(py);
+                        (
+                            st.slow_callback_duration,
+                            st.blocking_threshold,
+                            st.blocking_hook.as_ref().map(|h| h.clone_ref(py)),
+                        )
+                    };
+                    if debug && dt >= slow {
+                        pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
+                    } else if let Some(t) = threshold {
+                        if dt >= t {
+                            this.state.borrow_mut(py).stats.blocking_reports += 1;
+                            pyhelpers::report_blocking_call(
+                                py,
+                                slf.as_any(),
+                                h.bind(py).as_any(),
+                                dt,
+                                hook,
+                            )?;
+                        }
+                    }
                 }
             }
             Ok(())
@@ -685,6 +722,13 @@ impl CoreLoop {
         }
     }
 
+    pub fn count_bytes(&self, py: Python<'_>, read: usize, written: usize) {
+        if let Some(mut st) = self.state.try_borrow_mut(py) {
+            st.stats.bytes_read += read as u64;
+            st.stats.bytes_written += written as u64;
+        }
+    }
+
     pub fn is_watching(&self, py: Python<'_>, fd: RawFd, write: bool) -> bool {
         self.state
             .try_borrow_mut(py)
@@ -764,7 +808,8 @@ impl CoreLoop {
                 callbacks_at_last_poll: 0,
                 wakeup: None,
                 stats: Stats::default(),
-                track_timing: false,
+                blocking_threshold: None,
+                blocking_hook: None,
                 debug_value: None,
                 deadline,
                 transports: std::collections::HashMap::new(),
@@ -1108,16 +1153,52 @@ impl CoreLoop {
     }
 
     /// Counters for `Loop.stats()`.
-    fn _stats(&self, py: Python<'_>) -> (u64, u64, u64, u64, f64, usize, usize) {
+    fn _stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let st = self.state.borrow_mut(py);
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("callbacks", st.stats.callbacks)?;
+        d.set_item("iterations", st.stats.iterations)?;
+        d.set_item("timers_scheduled", st.stats.timers_scheduled)?;
+        d.set_item("timers_cancelled", st.timers.cancelled_total())?;
+        d.set_item("timers_pending", st.timers.len())?;
+        d.set_item("io_events", st.stats.io_events)?;
+        d.set_item("bytes_read", st.stats.bytes_read)?;
+        d.set_item("bytes_written", st.stats.bytes_written)?;
+        d.set_item("ready", st.ready.len())?;
+        d.set_item("longest_callback", st.stats.longest_callback)?;
+        d.set_item("blocking_reports", st.stats.blocking_reports)?;
+        Ok(d)
+    }
+
+    /// Turns the blocking-call detector on (threshold in seconds) or off (None).
+    #[pyo3(signature = (threshold, hook=None))]
+    fn _set_blocking_detector(
+        &self,
+        py: Python<'_>,
+        threshold: Option<f64>,
+        hook: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        if let Some(t) = threshold {
+            if !(t >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "threshold must be a non-negative number of seconds, got {t}"
+                )));
+            }
+        }
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.blocking_threshold = threshold;
+            std::mem::replace(&mut st.blocking_hook, hook.filter(|h| !h.is_none(py)))
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn _get_blocking_detector(&self, py: Python<'_>) -> (Option<f64>, Option<Py<PyAny>>) {
         let st = self.state.borrow_mut(py);
         (
-            st.stats.callbacks,
-            st.stats.iterations,
-            st.stats.timers_scheduled,
-            st.stats.io_events,
-            st.stats.longest_callback,
-            st.ready.len(),
-            st.timers.len(),
+            st.blocking_threshold,
+            st.blocking_hook.as_ref().map(|h| h.clone_ref(py)),
         )
     }
 }

@@ -104,3 +104,16 @@ pub fn log_warning(py: Python<'_>, message: &str) -> PyResult<()> {
     support(py)?.call_method1("log_warning", (message,))?;
     Ok(())
 }
+
+/// The blocking-call detector's report: a user hook if set, else a warning
+/// on the asyncio logger naming the callback and where its code lives.
+pub fn report_blocking_call(
+    py: Python<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    handle: &Bound<'_, PyAny>,
+    seconds: f64,
+    hook: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    support(py)?.call_method1("report_blocking_call", (event_loop, handle, seconds, hook))?;
+    Ok(())
+}

@@ -568,6 +568,9 @@ impl StreamTransport {
             let res = this.sys_read(view.ptr(), view.len());
             drop(view);
             drop(buf);
+            if let Ok(n) = res {
+                this.core(py).count_bytes(py, n, 0);
+            }
             match res {
                 Ok(0) => Self::on_eof(slf),
                 Ok(n) => match proto.call_method1(intern!(py, "buffer_updated"), (n,)) {
@@ -598,6 +601,9 @@ impl StreamTransport {
                     )
                 })
             });
+            if let Ok((n, _)) = &res {
+                this.core(py).count_bytes(py, *n, 0);
+            }
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
                 Ok((_, Some(data))) => {
@@ -666,6 +672,7 @@ impl StreamTransport {
                 )
             }
         };
+        this.core(py).count_bytes(py, 0, sent);
         if sent == view.len() {
             return Ok(());
         }
@@ -730,6 +737,7 @@ impl StreamTransport {
                 );
             }
         };
+        this.core(py).count_bytes(py, 0, sent);
         let (empty, closing, eof) = {
             let mut inner = this.inner.borrow_mut(py);
             inner.wbuf_size -= sent;

@@ -43,6 +43,8 @@ pub struct TimerHeap {
     heap: BinaryHeap<Entry>,
     seq: u64,
     cancelled: CancelCounter,
+    // Cancelled timers dropped from the heap so far, for Loop.stats().
+    cancelled_dropped: u64,
 }
 
 impl TimerHeap {
@@ -51,6 +53,7 @@ impl TimerHeap {
             heap: BinaryHeap::new(),
             seq: 0,
             cancelled: Arc::new(Default::default()),
+            cancelled_dropped: 0,
         }
     }
 
@@ -99,6 +102,7 @@ impl TimerHeap {
                 }
             }
             self.heap = BinaryHeap::from(keep);
+            self.cancelled_dropped += dead.len() as u64;
             self.cancelled.store(0, Ordering::Relaxed);
         }
         while let Some(top) = self.heap.peek() {
@@ -107,11 +111,24 @@ impl TimerHeap {
             }
             if let Some(e) = self.heap.pop() {
                 dead.push(e.handle);
+                self.cancelled_dropped += 1;
                 let c = self.cancelled.load(Ordering::Relaxed);
                 self.cancelled.store(c.saturating_sub(1), Ordering::Relaxed);
             }
         }
         dead
+    }
+
+    /// Cancelled timers seen so far: those already dropped plus those still queued.
+    pub fn cancelled_total(&self) -> u64 {
+        self.cancelled_dropped + self.cancelled.load(Ordering::Relaxed) as u64
+    }
+
+    /// A cancelled timer left the heap by coming due: keep the counts right.
+    pub fn note_due_cancelled(&mut self) {
+        self.cancelled_dropped += 1;
+        let c = self.cancelled.load(Ordering::Relaxed);
+        self.cancelled.store(c.saturating_sub(1), Ordering::Relaxed);
     }
 
     pub fn next_deadline(&self) -> Option<f64> {

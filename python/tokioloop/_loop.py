@@ -660,17 +660,34 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     # ---------------------------------------------------------- statistics
 
     def stats(self):
-        """Counters about this loop's work since it was created."""
-        callbacks, iterations, timers, io_events, longest, ready, pending = self._stats()
-        return {
-            "callbacks": callbacks,
-            "iterations": iterations,
-            "timers_scheduled": timers,
-            "io_events": io_events,
-            "longest_callback": longest,
-            "ready": ready,
-            "timers_pending": pending,
-        }
+        """Counters about this loop's work since it was created.
+
+        callbacks, iterations, timers_scheduled, timers_cancelled,
+        timers_pending, io_events, bytes_read / bytes_written (native
+        transports), ready (current ready-queue length), longest_callback
+        (seconds; measured only while debug mode or the blocking-call
+        detector is on) and blocking_reports.
+        """
+        return self._stats()
+
+    def set_blocking_detector(self, threshold=0.1, hook=None):
+        """Report callbacks that block the loop for `threshold` seconds or more.
+
+        Works without debug mode and costs nothing while off (threshold=None).
+        A report names the callback (for a task: its name, coroutine and the
+        line it reached) and goes to `hook(info)` if given, else to the
+        "asyncio" logger as a warning. `info` holds callback, duration,
+        location, created_at (debug mode only), handle, task and loop.
+        """
+        if threshold is not None:
+            threshold = float(threshold)
+        if hook is not None and not callable(hook):
+            raise TypeError(f"hook must be callable or None, got {hook!r}")
+        self._set_blocking_detector(threshold, hook)
+
+    def get_blocking_detector(self):
+        """(threshold, hook) of the blocking-call detector; threshold None when off."""
+        return self._get_blocking_detector()
 
 
 def _set_result_unless_done(fut, result):

@@ -86,3 +86,64 @@ def protocol_callback_failed(loop, transport, protocol, exc, message):
 
 def log_warning(message):
     logger.warning(message)
+
+
+def _code_location(obj):
+    """file:line of the code behind a callback, unwrapping partials and methods."""
+    import functools
+    import inspect
+
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    obj = getattr(obj, "__func__", obj)
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return f"{code.co_filename}:{code.co_firstlineno}"
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (TypeError, OSError):
+        return None
+
+
+def report_blocking_call(loop, handle, seconds, hook):
+    callback = handle._callback
+    task = getattr(callback, "__self__", None)
+    if not isinstance(task, asyncio.Future):
+        task = None
+    if task is not None and hasattr(task, "get_coro"):
+        coro = task.get_coro()
+        name = task.get_name() if hasattr(task, "get_name") else repr(task)
+        frame = getattr(coro, "cr_frame", None)
+        code = getattr(coro, "cr_code", None)
+        if frame is not None:
+            # The step ran up to here: the blocking code is before this await.
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        elif code is not None:
+            where = f"{code.co_filename}:{code.co_firstlineno}"
+        else:
+            where = None
+        what = f"task {name!r} ({getattr(coro, '__qualname__', coro)!r})"
+    else:
+        what = format_helpers._format_callback_source(callback, handle._args or ()) if callback else repr(handle)
+        where = _code_location(callback) if callback is not None else None
+    tb = handle._source_traceback
+    created = f"{tb[-1][0]}:{tb[-1][1]}" if tb else None
+    info = {
+        "callback": what,
+        "duration": seconds,
+        "location": where,
+        "created_at": created,
+        "handle": handle,
+        "task": task,
+        "loop": loop,
+    }
+    if hook is not None:
+        hook(info)
+        return
+    extra = []
+    if where:
+        extra.append(f"at {where}")
+    if created:
+        extra.append(f"created at {created}")
+    suffix = f" ({', '.join(extra)})" if extra else ""
+    logger.warning("Blocking call: %s took %.3f seconds%s", what, seconds, suffix)
