@@ -1179,7 +1179,7 @@ impl CoreLoop {
         hook: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         if let Some(t) = threshold {
-            if !(t >= 0.0) {
+            if t.is_nan() || t < 0.0 {
                 return Err(PyValueError::new_err(format!(
                     "threshold must be a non-negative number of seconds, got {t}"
                 )));

@@ -26,9 +26,12 @@ struct Parsed<'py> {
 }
 
 impl<'py> Parsed<'py> {
-    fn arg(&self, i: usize) -> &Bound<'py, PyAny> {
-        // `parse` fills every fixed slot or fails, so the slot is always set.
-        self.fixed[i].as_ref().expect("fixed argument parsed")
+    fn arg(&self, i: usize) -> PyResult<&Bound<'py, PyAny>> {
+        // `parse` fills every fixed slot or fails, so this error cannot happen;
+        // it is still an error value rather than a panic.
+        self.fixed[i]
+            .as_ref()
+            .ok_or_else(|| PySystemError::new_err("tokioloop: argument parsing left a slot empty"))
     }
 }
 
@@ -192,7 +195,7 @@ unsafe extern "C" fn call_soon(
         &["callback"],
         |py, core, mut p| {
             let ctx = p.context.take();
-            Ok(core.call_soon_impl(py, p.arg(0), &p.rest, ctx)?.into_any())
+            Ok(core.call_soon_impl(py, p.arg(0)?, &p.rest, ctx)?.into_any())
         },
     )
 }
@@ -213,7 +216,7 @@ unsafe extern "C" fn call_soon_threadsafe(
         |py, core, mut p| {
             let ctx = p.context.take();
             Ok(core
-                .call_soon_threadsafe_impl(py, p.arg(0), &p.rest, ctx)?
+                .call_soon_threadsafe_impl(py, p.arg(0)?, &p.rest, ctx)?
                 .into_any())
         },
     )
@@ -233,10 +236,10 @@ unsafe extern "C" fn call_later(
         "call_later",
         &["delay", "callback"],
         |py, core, mut p| {
-            let delay = optional_float(p.arg(0))?;
+            let delay = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_later_impl(py, delay, p.arg(1), &p.rest, ctx)?
+                .call_later_impl(py, delay, p.arg(1)?, &p.rest, ctx)?
                 .into_any())
         },
     )
@@ -256,10 +259,10 @@ unsafe extern "C" fn call_at(
         "call_at",
         &["when", "callback"],
         |py, core, mut p| {
-            let when = optional_float(p.arg(0))?;
+            let when = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_at_impl(py, when, p.arg(1), &p.rest, ctx)?
+                .call_at_impl(py, when, p.arg(1)?, &p.rest, ctx)?
                 .into_any())
         },
     )

@@ -107,10 +107,7 @@ impl Handle {
 
     /// Marks the handle cancelled and returns what it held, so the caller can
     /// drop the user's objects outside any borrow (their `__del__` may re-enter).
-    fn cancel_inner(
-        &self,
-        py: Python<'_>,
-    ) -> Option<(Option<Py<PyAny>>, Option<Py<PyTuple>>, bool)> {
+    fn cancel_inner(&self, py: Python<'_>) -> Option<CancelledParts> {
         let mut inner = self.inner.borrow_mut(py);
         if inner.cancelled {
             return None;
@@ -150,6 +147,10 @@ impl Handle {
         Ok(())
     }
 }
+
+/// What a cancel takes out of a handle: callback, args, and whether it was a
+/// scheduled timer.
+type CancelledParts = (Option<Py<PyAny>>, Option<Py<PyTuple>>, bool);
 
 pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: GIL held; PyContext_CopyCurrent returns a new reference or NULL with an error set.

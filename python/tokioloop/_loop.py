@@ -410,7 +410,17 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            ctx = None
+            if sys.version_info >= (3, 12):
+                # 3.12+ runs a custom handler in the context of what failed
+                # (task, future or handle), so context variables are visible.
+                thing = context.get("task") or context.get("future") or context.get("handle")
+                if thing is not None and hasattr(thing, "get_context"):
+                    ctx = thing.get_context()
+            if ctx is not None and hasattr(ctx, "run"):
+                ctx.run(handler, self, context)
+            else:
+                handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
