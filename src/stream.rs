@@ -549,12 +549,17 @@ impl StreamTransport {
             };
             let view = match ByteView::new(&buf, true) {
                 Ok(v) => v,
-                Err(e) => {
-                    return Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.get_buffer() call failed.",
-                    )
+                Err(_) => {
+                    // What socket.recv_into() says about a read-only buffer.
+                    let name = buf
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default();
+                    let e = PyTypeError::new_err(format!(
+                        "recv_into() argument 'buffer' must be read-write bytes-like object, not {name}"
+                    ));
+                    return Self::fatal_error(slf, e, "Fatal read error on socket transport");
                 }
             };
             if view.len() == 0 {
@@ -641,6 +646,11 @@ impl StreamTransport {
                     "Cannot call write() after write_eof()",
                 ));
             }
+            if inner.sendfile_active {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
             if view.len() == 0 {
                 return Ok(());
             }
@@ -685,9 +695,18 @@ impl StreamTransport {
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let mut joined: Vec<u8> = Vec::new();
-        for item in list_of_data.try_iter()? {
+        for (i, item) in list_of_data.try_iter()?.enumerate() {
             let item = item?;
-            let view = ByteView::new(&item, false).map_err(|_| bytes_like_error(&item))?;
+            let view = ByteView::new(&item, false).map_err(|_| {
+                let name = item
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                PyTypeError::new_err(format!(
+                    "sequence item {i}: expected a bytes-like object, {name} found"
+                ))
+            })?;
             joined.extend_from_slice(view.as_slice());
         }
         let bytes = PyBytes::new(py, &joined);
@@ -914,7 +933,7 @@ impl StreamTransport {
             (None, Some(l)) => 4 * l,
             (None, None) => DEFAULT_HIGH_WATER as i64,
         };
-        let low = low.unwrap_or(high / 4);
+        let low = low.unwrap_or(high.div_euclid(4));
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!(
                 "high ({high}) must be >= low ({low}) must be >= 0"
@@ -994,6 +1013,21 @@ impl StreamTransport {
     #[getter]
     fn _sock_fd(&self) -> RawFd {
         self.fd
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.inner.borrow_mut(py).protocol_paused
+    }
+
+    /// 0 = socket, 1 = read pipe, 2 = write pipe.
+    #[getter]
+    fn _kind(&self) -> u8 {
+        match self.kind {
+            Kind::Socket => 0,
+            Kind::ReadPipe => 1,
+            Kind::WritePipe => 2,
+        }
     }
 
     /// A future resolved once everything written so far has left the buffer.

@@ -303,3 +303,24 @@ def test_write_pipe_is_not_a_read_transport(loop):
         run(loop, main())
     finally:
         os.close(r)
+
+
+def test_start_tls_refuses_pipe_transport(loop):
+    import ssl
+
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(asyncio.Protocol, wf)
+        try:
+            with pytest.raises(TypeError, match="is not supported by start_tls"):
+                await loop.start_tls(tr, proto, ssl.create_default_context())
+        finally:
+            tr.close()
+            await asyncio.sleep(0)
+
+    try:
+        run(loop, main())
+    finally:
+        os.close(r)

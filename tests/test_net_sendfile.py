@@ -312,7 +312,6 @@ def test_sock_sendfile_ssl_socket_rejected(loop, datafile):
 
 def test_sendfile_write_during_native_sendfile_is_refused(loop, datafile, request):
     """The stdlib refuses transport.write() while a native sendfile runs."""
-    rust_bug(request, "write() during loop.sendfile() is accepted (no 'sendfile is in progress' state)")
 
     async def main():
         server, sink, tr, proto = await pair(loop)
@@ -333,3 +332,46 @@ def test_sendfile_write_during_native_sendfile_is_refused(loop, datafile, reques
         return n
 
     assert run(loop, main()) == len(DATA)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "fallback"])
+def test_sendfile_after_unflushed_stream_write(loop, datafile, native, monkeypatch):
+    """A stream writer with a paused protocol (big unflushed write) hands its
+    transport to sendfile; afterwards drain() still works: the protocol got
+    every resume_writing() it was owed and no unmatched one."""
+    if not native:
+        async def no_native(*args):
+            raise asyncio.SendfileNotAvailableError("forced")
+
+        monkeypatch.setattr(loop, "_sendfile_native", no_native, raising=False)
+
+    async def main():
+        total = loop.create_future()
+        got = bytearray()
+
+        async def handle(reader, writer):
+            await asyncio.sleep(0.2)  # let the client's buffer fill up
+            while chunk := await reader.read(1 << 20):
+                got.extend(chunk)
+            total.set_result(len(got))
+            writer.close()
+
+        server = await asyncio.start_server(handle, HOST, 0)
+        reader, writer = await asyncio.open_connection(HOST, server.sockets[0].getsockname()[1])
+        big = b"B" * (8 << 20)
+        writer.write(big)  # far above the high-water mark: protocol paused
+        n = await loop.sendfile(writer.transport, datafile)
+        writer.write(b"after")
+        await writer.drain()
+        writer.write_eof()
+        size = await total
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return n, size, bytes(got[: len(big)]) == big, bytes(got[len(big) : -5]) == DATA, bytes(got[-5:])
+
+    n, size, big_ok, data_ok, tail = run(loop, main(), timeout=30)
+    assert n == len(DATA)
+    assert size == (8 << 20) + len(DATA) + 5
+    assert big_ok and data_ok and tail == b"after"

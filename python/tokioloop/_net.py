@@ -47,6 +47,7 @@ _HAS_IPv6 = hasattr(socket, "AF_INET6")
 # The native stream transport.  Looked up leniently so that the package still
 # imports against a core built before the transport existed.
 StreamTransport = getattr(_tokioloop, "StreamTransport", None)
+from ._transports import new_stream_transport  # noqa: E402
 
 _KIND_SOCKET = 0
 _KIND_READ_PIPE = 1
@@ -146,6 +147,15 @@ def _interleave_by_family(addrinfos, first_family_count=1):
     for round_ in itertools.zip_longest(*lists):
         result.extend(info for info in round_ if info is not None)
     return result
+
+
+def _is_socket_transport(transport):
+    """A native stream transport over a socket (not over a pipe)."""
+    return (
+        StreamTransport is not None
+        and isinstance(transport, StreamTransport)
+        and isinstance(getattr(transport, "_sock", None), socket.socket)
+    )
 
 
 def _transport_extra(sock, extra):
@@ -270,8 +280,8 @@ class NetworkMixin:
             return table
 
     def _new_stream_transport(self, sock, protocol, extra, server, kind):
-        cls = _native_transport_class()
-        transport = cls(self, sock, protocol, extra, server, kind)
+        _native_transport_class()
+        transport = new_stream_transport(self, sock, protocol, extra, server, kind)
         if server is not None:
             server._attach(transport)
         return transport
@@ -1115,10 +1125,7 @@ class NetworkMixin:
             raise TypeError(
                 f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
             )
-        if not (
-            getattr(transport, "_start_tls_compatible", False)
-            or (StreamTransport is not None and isinstance(transport, StreamTransport))
-        ):
+        if not (getattr(transport, "_start_tls_compatible", False) or _is_socket_transport(transport)):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
 
         waiter = self.create_future()
@@ -1298,11 +1305,7 @@ class NetworkMixin:
         mode = getattr(transport, "_sendfile_compatible", None)
         if mode is not None:
             return mode
-        if (
-            StreamTransport is not None
-            and isinstance(transport, StreamTransport)
-            and isinstance(getattr(transport, "_sock", None), socket.socket)
-        ):
+        if _is_socket_transport(transport):
             return constants._SendfileMode.TRY_NATIVE
         return constants._SendfileMode.UNSUPPORTED
 
