@@ -77,9 +77,39 @@ pub struct CoreLoop {
     state: GilRefCell<LoopState>,
     remote: Arc<Remote>,
     epoll: Arc<EpollFd>,
+    driver: DriverCell,
+}
+
+/// The tokio side of a loop: its runtime and the registration of our epoll
+/// fd with the runtime's I/O driver.
+struct Driver {
     // Declared before `rt` so it deregisters from the driver while the runtime is alive.
     epoll_watch: AsyncFd<SharedEpoll>,
     rt: tokio::runtime::Runtime,
+}
+
+/// Holds the driver until `close()` drops it (freeing the runtime's fds as the
+/// stdlib frees its selector). Accessed without a lock: `block()` uses it only
+/// while the loop runs, on the loop's thread with the GIL released, and
+/// `close()` (GIL held) refuses to run while the loop runs, so the two never
+/// overlap.
+struct DriverCell(std::cell::UnsafeCell<Option<Driver>>);
+
+// SAFETY: see the type's comment: use and removal never overlap.
+unsafe impl Sync for DriverCell {}
+
+impl DriverCell {
+    /// # Safety
+    /// Only while the loop is running (close() cannot run then).
+    unsafe fn get(&self) -> Option<&Driver> {
+        (*self.0.get()).as_ref()
+    }
+
+    /// # Safety
+    /// Only from close(), after checking that the loop is not running.
+    unsafe fn take(&self) -> Option<Driver> {
+        (*self.0.get()).take()
+    }
 }
 
 fn current_thread_ident() -> u64 {
@@ -194,8 +224,15 @@ impl CoreLoop {
             return self.epoll.wait_now(buf);
         }
         let epoll = &*self.epoll;
-        let watch = &self.epoll_watch;
-        let rt = &self.rt;
+        // SAFETY: block() only runs inside run_forever, when close() cannot run.
+        let Some(driver) = (unsafe { self.driver.get() }) else {
+            remote
+                .sleeping
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            return 0;
+        };
+        let watch = &driver.epoll_watch;
+        let rt = &driver.rt;
         let n = py.detach(move || {
             let n = rt.block_on(async move {
                 let sleep = async {
@@ -816,8 +853,7 @@ impl CoreLoop {
             }),
             remote: Arc::new(Remote::new()),
             epoll,
-            epoll_watch,
-            rt,
+            driver: DriverCell(std::cell::UnsafeCell::new(Some(Driver { epoll_watch, rt }))),
         })
     }
 
@@ -951,6 +987,14 @@ impl CoreLoop {
             )
         };
         drop((ready, timers, fds, wakeup));
+        // Release the runtime (its epoll and eventfd), our epoll set and the
+        // timerfd now, as the stdlib closes its selector in close().
+        let deadline = self.state.borrow_mut(py).deadline.take();
+        drop(deadline);
+        // SAFETY: checked above that the loop is not running.
+        let driver = unsafe { self.driver.take() };
+        drop(driver);
+        self.epoll.close();
         let mut leftover = Vec::new();
         self.remote.drain(&mut leftover);
         drop(leftover);

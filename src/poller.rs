@@ -6,15 +6,25 @@ use crate::handles::Handle;
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 pub const MAX_EVENTS: usize = 256;
 
-pub struct EpollFd(OwnedFd);
+/// The loop's own epoll set. The descriptor can be closed early by
+/// `loop.close()` (the stdlib releases its selector there) while Arcs to this
+/// object still exist; afterwards every call fails harmlessly with EBADF.
+pub struct EpollFd(AtomicI32);
 
 impl AsRawFd for EpollFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for EpollFd {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -25,8 +35,15 @@ impl EpollFd {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(EpollFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(EpollFd(AtomicI32::new(fd)))
+    }
+
+    pub fn close(&self) {
+        let fd = self.0.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: we owned `fd` and nobody else can see it any more.
+            unsafe { libc::close(fd) };
+        }
     }
 
     /// Non-blocking harvest of ready fds into `buf`; returns how many.

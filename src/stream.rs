@@ -216,6 +216,20 @@ impl StreamTransport {
         }
     }
 
+    fn read_error_message(&self) -> &'static str {
+        match self.kind {
+            Kind::Socket => "Fatal read error on socket transport",
+            _ => "Fatal read error on pipe transport",
+        }
+    }
+
+    fn write_error_message(&self) -> &'static str {
+        match self.kind {
+            Kind::Socket => "Fatal write error on socket transport",
+            _ => "Fatal write error on pipe transport",
+        }
+    }
+
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.inner
             .borrow_mut(py)
@@ -559,7 +573,7 @@ impl StreamTransport {
                     let e = PyTypeError::new_err(format!(
                         "recv_into() argument 'buffer' must be read-write bytes-like object, not {name}"
                     ));
-                    return Self::fatal_error(slf, e, "Fatal read error on socket transport");
+                    return Self::fatal_error(slf, e, this.read_error_message());
                 }
             };
             if view.len() == 0 {
@@ -587,24 +601,33 @@ impl StreamTransport {
                     ),
                 },
                 Err(e) if would_block(&e) => Ok(()),
-                Err(e) => {
-                    Self::fatal_error(slf, PyErr::from(e), "Fatal read error on socket transport")
-                }
+                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         } else {
             let res = READ_BUF.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 let cap = buf.len();
-                this.sys_read(buf.as_mut_ptr(), cap).map(|n| {
-                    (
-                        n,
-                        if n > 0 {
-                            Some(PyBytes::new(py, &buf[..n]))
-                        } else {
-                            None
-                        },
-                    )
-                })
+                let mut n = this.sys_read(buf.as_mut_ptr(), cap)?;
+                if this.kind == Kind::ReadPipe {
+                    // A pipe hands over at most its 64 KiB buffer per read: keep
+                    // reading until it is empty (or ours is full) and deliver once.
+                    while n > 0 && n < cap {
+                        // SAFETY: `n < cap`, so the pointer stays inside the buffer.
+                        match this.sys_read(unsafe { buf.as_mut_ptr().add(n) }, cap - n) {
+                            Ok(0) => break,
+                            Ok(more) => n += more,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok::<_, io::Error>((
+                    n,
+                    if n > 0 {
+                        Some(PyBytes::new(py, &buf[..n]))
+                    } else {
+                        None
+                    },
+                ))
             });
             if let Ok((n, _)) = &res {
                 this.core(py).count_bytes(py, *n, 0);
@@ -623,9 +646,7 @@ impl StreamTransport {
                 }
                 Ok(_) => Ok(()),
                 Err(e) if would_block(&e) => Ok(()),
-                Err(e) => {
-                    Self::fatal_error(slf, PyErr::from(e), "Fatal read error on socket transport")
-                }
+                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         }
     }
@@ -654,12 +675,19 @@ impl StreamTransport {
             if view.len() == 0 {
                 return Ok(());
             }
-            if inner.conn_lost > 0 || inner.sock.is_none() {
+            // A write pipe drops writes once closing, like the stdlib's; a
+            // socket transport still flushes what is written before close().
+            let pipe_closing = this.kind == Kind::WritePipe && inner.closing;
+            if inner.conn_lost > 0 || inner.sock.is_none() || pipe_closing {
                 let warn = inner.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                 inner.conn_lost += 1;
                 drop(inner);
                 if warn {
-                    pyhelpers::log_warning(py, "socket.send() raised exception.")?;
+                    let msg = match this.kind {
+                        Kind::Socket => "socket.send() raised exception.",
+                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                    };
+                    pyhelpers::log_warning(py, msg)?;
                 }
                 return Ok(());
             }
@@ -674,13 +702,7 @@ impl StreamTransport {
         let sent = match this.sys_write(view.as_slice()) {
             Ok(n) => n,
             Err(e) if would_block(&e) => 0,
-            Err(e) => {
-                return Self::fatal_error(
-                    slf,
-                    PyErr::from(e),
-                    "Fatal write error on socket transport",
-                )
-            }
+            Err(e) => return Self::fatal_error(slf, PyErr::from(e), this.write_error_message()),
         };
         this.core(py).count_bytes(py, 0, sent);
         if sent == view.len() {
@@ -749,11 +771,7 @@ impl StreamTransport {
                     inner.wbuf_size = 0;
                 }
                 this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
-                return Self::fatal_error(
-                    slf,
-                    PyErr::from(e),
-                    "Fatal write error on socket transport",
-                );
+                return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
             }
         };
         this.core(py).count_bytes(py, 0, sent);

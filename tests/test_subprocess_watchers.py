@@ -307,4 +307,60 @@ def test_loop_closed_with_running_child_does_not_hang(monkeypatch):
     loop.close()
     popen.kill()
     assert popen.wait(5) == -signal.SIGKILL
-    del proc
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # expected: never closed
+        del proc, loop
+        gc.collect()
+
+
+def test_transport_abandoned_with_closed_loop():
+    """Loop closed under a running child with pipes: GC warns, closes, kills."""
+    import gc
+    import warnings
+
+    async def scenario():
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", "import time; time.sleep(60)", stdin=PIPE, stdout=PIPE, stderr=PIPE
+        )
+        return proc.pid
+
+    def pipe_fds():
+        out = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out += os.readlink(f"/proc/self/fd/{fd}").startswith(("pipe:", "anon_inode:[pidfd]"))
+            except OSError:
+                pass
+        return out
+
+    messages = []
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    gc.collect()  # earlier tests' closed loops and their pipes
+    base = pipe_fds()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            # keep only the text: a recorded warning would keep its source alive
+            warnings.showwarning = lambda message, *a, **k: messages.append(str(message))
+            loop = tokioloop.new_event_loop()
+            pid = loop.run_until_complete(scenario())
+            assert pipe_fds() == base + 4, sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+            loop.close()
+            del loop
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    assert any(m.startswith("unclosed transport") for m in messages), messages
+    assert pipe_fds() == base
+    # killed, and reaped by subprocess's own clean-up of abandoned Popens
+    deadline = time.monotonic() + 5
+    while pid in [p for p, _ in child_pids()] and time.monotonic() < deadline:
+        subprocess._cleanup()
+        time.sleep(0.01)
+    assert pid not in [p for p, _ in child_pids()]

@@ -27,7 +27,11 @@ child, in this order:
    ``call_soon_threadsafe`` -- what the stdlib's ThreadedChildWatcher does.
 
 ``TOKIOLOOP_CHILD_WATCHER=pidfd|sigchld|thread`` (or the module attribute
-``CHILD_WATCHER``) forces one strategy; ``auto`` (default) picks as above.
+``CHILD_WATCHER``) forces one strategy where it can work (else the thread
+watcher is used); ``auto`` (default) picks as above.  tokioloop never consults
+asyncio's (deprecated) child watchers, like uvloop; a process-wide
+``waitpid(-1)`` reaper installed by other code steals exit statuses (reported
+as 255 with a warning, as the stdlib's own watchers do).
 
 Event order is the stdlib's: ``connection_made`` first (after the pipe
 protocols got theirs), then pipe data / ``pipe_connection_lost`` /
@@ -44,9 +48,9 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import threading
 import warnings
+import weakref
 
 from asyncio import protocols, transports
 from asyncio.log import logger
@@ -65,6 +69,7 @@ CHILD_WATCHER = os.environ.get("TOKIOLOOP_CHILD_WATCHER", "auto")
 SIGCHLD_SAFETY_POLL = 1.0
 
 _pidfd_supported = None
+_NATIVE_PIPES_BY_CLASS = weakref.WeakKeyDictionary()
 
 
 def _have_pidfd():
@@ -200,7 +205,9 @@ class _PidfdWatch:
             self._retry = self._loop.call_later(0.005, self._rearm)
             return
         self.close()
-        transport._process_exited(returncode)
+        # One hop through the ready queue, like the stdlib's watchers
+        # (call_soon_threadsafe(transport._process_exited, returncode)).
+        self._loop.call_soon(transport._process_exited, returncode)
 
     def _rearm(self):
         self._retry = None
@@ -289,7 +296,7 @@ class _SigchldWatcher:
                 continue
             del self._children[pid]
             transport._watch = None
-            transport._process_exited(returncode)
+            self._loop.call_soon(transport._process_exited, returncode)
         self._maybe_uninstall()
 
     def _maybe_uninstall(self):
@@ -407,7 +414,13 @@ class SubprocessTransport(transports.SubprocessTransport):
             program = args if isinstance(args, (bytes, str)) else args[0]
             logger.debug("process %r created: pid %s", program, self._pid)
 
-        self._watch = loop._subprocess_watch(self)
+        try:
+            self._watch = loop._subprocess_watch(self)
+        except BaseException:
+            # Nobody would ever reap the child: kill it and collect it now.
+            self._closed = True
+            self._abandon_child()
+            raise
         # "pidfd", "sigchld" or "thread" (None: the child was gone already).
         self._watch_kind = getattr(self._watch, "kind", None)
         if loop._subprocess_native_pipes():
@@ -416,6 +429,17 @@ class SubprocessTransport(transports.SubprocessTransport):
             loop.create_task(self._connect_pipes_via_loop(waiter))
 
     # ------------------------------------------------------------- set-up
+
+    def _abandon_child(self):
+        proc = self._proc
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        proc.wait()
 
     def _connect_native_pipes(self, waiter):
         loop = self._loop
@@ -558,8 +582,16 @@ class SubprocessTransport(transports.SubprocessTransport):
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             loop = self._loop
             if loop is not None and loop.is_closed():
-                # Pipe transports cannot schedule anything on a closed loop.
+                # Pipe transports cannot schedule anything on a closed loop:
+                # close the pipes' files directly.  A child still running is
+                # killed; Popen.__del__ then leaves it to subprocess's own
+                # reaping of abandoned children.
                 self._closed = True
+                for endpoint in self._pipes.values():
+                    if endpoint is not None and endpoint.pipe is not None:
+                        pipe = endpoint.pipe.get_extra_info("pipe")
+                        if pipe is not None:
+                            pipe.close()
                 proc = self._proc
                 if proc is not None and proc.poll() is None:
                     try:
@@ -674,7 +706,8 @@ class SubprocessMixin:
         protocol = protocol_factory()
         debug_log = None
         if self.get_debug():
-            # The command itself is not logged: it may hold secrets.
+            # As the stdlib: the command line, but none of the other
+            # arguments (env, input...), which may hold secrets.
             debug_log = f"run shell command {cmd!r}"
             self._log_subprocess(debug_log, stdin, stdout, stderr)
         transport = await self._make_subprocess_transport(
@@ -744,19 +777,26 @@ class SubprocessMixin:
     # ------------------------------------------------------------- helpers
 
     def _subprocess_native_pipes(self):
-        """True unless connect_read_pipe/connect_write_pipe were overridden."""
-        own = self.__dict__ if hasattr(self, "__dict__") else {}
-        for name in ("connect_read_pipe", "connect_write_pipe"):
-            if name in own:
-                return False
-            for klass in type(self).__mro__:
-                if name in klass.__dict__:
-                    if klass is asyncio.AbstractEventLoop or klass.__module__.startswith(
-                        "tokioloop."
-                    ):
+        """True unless connect_read_pipe/connect_write_pipe were overridden
+        (by a subclass, or on the instance as CPython's tests do)."""
+        own = self.__dict__
+        if "connect_read_pipe" in own or "connect_write_pipe" in own:
+            return False
+        cls = type(self)
+        native = _NATIVE_PIPES_BY_CLASS.get(cls)
+        if native is None:
+            native = True
+            for name in ("connect_read_pipe", "connect_write_pipe"):
+                for klass in cls.__mro__:
+                    if name in klass.__dict__:
+                        if not (
+                            klass is asyncio.AbstractEventLoop
+                            or klass.__module__.startswith("tokioloop.")
+                        ):
+                            native = False
                         break
-                    return False
-        return True
+            _NATIVE_PIPES_BY_CLASS[cls] = native
+        return native
 
     def _subprocess_watch(self, transport):
         """Start watching the exit of transport's child; returns the watch."""
@@ -770,8 +810,7 @@ class SubprocessMixin:
                 self.call_soon(_report_vanished, transport)
                 return None
             except OSError:
-                if mode == "pidfd":
-                    raise
+                pass  # ENOSYS/EPERM (seccomp), EMFILE...: fall back
             else:
                 return _PidfdWatch(self, transport, pidfd)
         if mode in ("auto", "sigchld"):
@@ -782,8 +821,9 @@ class SubprocessMixin:
             if watcher.can_watch():
                 watcher.add(transport)
                 return _SigchldWatch(watcher, pid)
-            if mode == "sigchld":
-                raise RuntimeError("the SIGCHLD child watcher needs the main thread and a free SIGCHLD")
+        # Forced modes that cannot be honoured here (pidfd_open failing, SIGCHLD
+        # outside the main thread or taken) end up here too: the thread watcher
+        # works everywhere.
         return _ThreadWatch(self, transport)
 
 
