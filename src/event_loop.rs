@@ -517,7 +517,12 @@ impl CoreLoop {
         )?;
         let previous = {
             let mut st = this.state.borrow_mut(py);
-            st.poller.set(fd, handle, write)
+            let previous = st.poller.set(fd, handle, write);
+            if previous.is_ok() && !fd_obj.is_instance_of::<PyInt>() {
+                st.poller
+                    .set_fileobj(fd, Some(fd_obj.clone().unbind()), write);
+            }
+            previous
         };
         match previous {
             Ok(Some(old)) => Handle::cancel_py(old.bind(py)),
@@ -788,7 +793,14 @@ impl CoreLoop {
         if this.state.borrow_mut(py).closed {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd_obj)?;
+        let fd = match fileobj_to_fd(fd_obj) {
+            Ok(fd) => fd,
+            // A file object closed since it was registered: find it by identity.
+            Err(e) => match this.state.borrow_mut(py).poller.fd_of_object(fd_obj) {
+                Some(fd) => fd,
+                None => return Err(e),
+            },
+        };
         if check_transport {
             this.ensure_fd_no_transport(py, fd)?;
         }

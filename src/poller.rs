@@ -81,6 +81,10 @@ impl EpollFd {
 struct Interest {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    // The objects given to add_reader/add_writer, so a socket closed since can
+    // still be found by identity (selectors does the same).
+    reader_obj: Option<Py<PyAny>>,
+    writer_obj: Option<Py<PyAny>>,
     // Internal fds (the signal wake-up socket) that have no Python handle.
     internal: bool,
 }
@@ -197,6 +201,11 @@ impl Poller {
     /// Removes the reader (or writer) of `fd`, returning it if there was one.
     pub fn clear(&mut self, fd: RawFd, write: bool) -> Option<Py<Handle>> {
         let entry = self.fds.get_mut(&fd)?;
+        if write {
+            entry.writer_obj = None;
+        } else {
+            entry.reader_obj = None;
+        }
         let old_mask = entry.mask();
         let slot = if write {
             &mut entry.writer
@@ -270,6 +279,33 @@ impl Poller {
         }
     }
 
+    /// Remembers which Python object a registration was made with.
+    pub fn set_fileobj(&mut self, fd: RawFd, obj: Option<Py<PyAny>>, write: bool) {
+        if let Some(entry) = self.fds.get_mut(&fd) {
+            if write {
+                entry.writer_obj = obj;
+            } else {
+                entry.reader_obj = obj;
+            }
+        }
+    }
+
+    /// The fd registered with exactly this object (e.g. a socket closed since).
+    pub fn fd_of_object(&self, obj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.fds.iter().find_map(|(fd, i)| {
+            let hit = |o: &Option<Py<PyAny>>| {
+                o.as_ref()
+                    .map(|o| o.bind(obj.py()).is(obj))
+                    .unwrap_or(false)
+            };
+            if hit(&i.reader_obj) || hit(&i.writer_obj) {
+                Some(*fd)
+            } else {
+                None
+            }
+        })
+    }
+
     pub fn take_all(&mut self) -> Vec<Py<Handle>> {
         let mut out = Vec::new();
         self.internal_count = 0;
@@ -287,6 +323,8 @@ impl Poller {
         for i in self.fds.values() {
             visit.call(&i.reader)?;
             visit.call(&i.writer)?;
+            visit.call(&i.reader_obj)?;
+            visit.call(&i.writer_obj)?;
         }
         Ok(())
     }

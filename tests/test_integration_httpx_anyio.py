@@ -292,7 +292,6 @@ def _xfail_on_tokioloop(request, anyio_run, bug):
 
 def test_anyio_unix_stream_closed_during_receive(anyio_run, tmp_path, request):
     """anyio's UNIX stream: aclose() while another task waits in receive()."""
-    _xfail_on_tokioloop(request, anyio_run, "remove_reader")
     anyio = require_module("anyio")
     path = str(tmp_path / "close.sock")
 
@@ -327,7 +326,6 @@ def test_anyio_unix_stream_closed_during_receive(anyio_run, tmp_path, request):
 
 def test_failed_connect_leaves_no_reference_cycle(anyio_run, request):
     """A refused connection's exception is referred to by nothing but its catcher."""
-    _xfail_on_tokioloop(request, anyio_run, "refcycle")
     import gc
 
     anyio = require_module("anyio")

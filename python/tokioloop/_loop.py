@@ -75,6 +75,27 @@ class _Again:
 _AGAIN = _Again()
 
 
+def _io_ready(fut, attempt):
+    """Reader/writer callback of Loop._wait_io: one non-blocking attempt."""
+    if fut.done():
+        return
+    try:
+        result = attempt()
+    except (BlockingIOError, InterruptedError):
+        return
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        if result is not _AGAIN:
+            fut.set_result(result)
+    finally:
+        # The exception's traceback keeps this frame alive: it must not keep
+        # the future (which holds the exception) alive in turn.
+        fut = None
+
+
 class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop running on a tokio current-thread runtime."""
 
@@ -517,37 +538,20 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         """
         fut = self.create_future()
         fd = sock.fileno() if not isinstance(sock, int) else sock
-
-        def on_ready():
-            if fut.done():
-                return
-            try:
-                result = attempt()
-            except (BlockingIOError, InterruptedError):
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                fut.set_exception(exc)
-            else:
-                if result is not _AGAIN:
-                    fut.set_result(result)
-
         if write:
-            self.add_writer(fd, on_ready)
+            self.add_writer(fd, _io_ready, fut, attempt)
         else:
-            self.add_reader(fd, on_ready)
+            self.add_reader(fd, _io_ready, fut, attempt)
         handle = self._get_io_handle(fd, write)
-
-        def on_done(_fut):
-            if handle is not None and not handle.cancelled():
-                if write:
-                    self.remove_writer(fd)
-                else:
-                    self.remove_reader(fd)
-
-        fut.add_done_callback(on_done)
+        fut.add_done_callback(functools.partial(self._io_done, fd, write, handle))
         return fut
+
+    def _io_done(self, fd, write, handle, fut):
+        if handle is not None and not handle.cancelled():
+            if write:
+                self.remove_writer(fd)
+            else:
+                self.remove_reader(fd)
 
     async def sock_recv(self, sock, n):
         self._check_nonblocking(sock)
