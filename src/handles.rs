@@ -123,6 +123,18 @@ impl Handle {
     }
 
     fn repr_with(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<String> {
+        self.repr_as(py, kind, when, false)
+    }
+
+    /// `as_cancelled`: the repr the handle will have once cancelled but while
+    /// it still holds its callback (what asyncio caches in debug mode).
+    fn repr_as(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        when: Option<f64>,
+        as_cancelled: bool,
+    ) -> PyResult<String> {
         let (cb, args, cancelled, cached, tb) = {
             let inner = self.inner.borrow_mut(py);
             (
@@ -136,12 +148,12 @@ impl Handle {
         if let Some(s) = cached {
             return Ok(s);
         }
-        pyhelpers::format_handle_repr(py, kind, cancelled, cb, args, when, tb)
+        pyhelpers::format_handle_repr(py, kind, cancelled || as_cancelled, cb, args, when, tb)
     }
 
     fn cache_repr_if_debug(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<()> {
         if self.debug {
-            let r = self.repr_with(py, kind, when)?;
+            let r = self.repr_as(py, kind, when, true)?;
             self.inner.borrow_mut(py).repr_when_cancelled = Some(r);
         }
         Ok(())
