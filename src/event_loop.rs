@@ -78,6 +78,10 @@ pub struct CoreLoop {
     remote: Arc<Remote>,
     epoll: Arc<EpollFd>,
     driver: DriverCell,
+    // The process that created the loop. After os.fork() the child shares the
+    // kernel's epoll sets with the parent; it must neither run this loop nor
+    // unregister anything from those sets.
+    owner_pid: u32,
 }
 
 /// The tokio side of a loop: its runtime and the registration of our epoll
@@ -93,7 +97,19 @@ struct Driver {
 /// while the loop runs, on the loop's thread with the GIL released, and
 /// `close()` (GIL held) refuses to run while the loop runs, so the two never
 /// overlap.
-struct DriverCell(std::cell::UnsafeCell<Option<Driver>>);
+struct DriverCell(std::cell::UnsafeCell<Option<Driver>>, u32);
+
+impl Drop for DriverCell {
+    fn drop(&mut self) {
+        if std::process::id() != self.1 {
+            // A forked child: dropping the runtime would deregister our epoll
+            // fd from the runtime's epoll set, which the parent shares.
+            if let Some(driver) = self.0.get_mut().take() {
+                std::mem::forget(driver);
+            }
+        }
+    }
+}
 
 // SAFETY: see the type's comment: use and removal never overlap.
 unsafe impl Sync for DriverCell {}
@@ -865,7 +881,11 @@ impl CoreLoop {
             }),
             remote: Arc::new(Remote::new()),
             epoll,
-            driver: DriverCell(std::cell::UnsafeCell::new(Some(Driver { epoll_watch, rt }))),
+            driver: DriverCell(
+                std::cell::UnsafeCell::new(Some(Driver { epoll_watch, rt })),
+                std::process::id(),
+            ),
+            owner_pid: std::process::id(),
         })
     }
 
@@ -934,6 +954,11 @@ impl CoreLoop {
                     "This event loop is already running",
                 ));
             }
+            if std::process::id() != this.owner_pid {
+                return Err(PyRuntimeError::new_err(
+                    "This event loop was created in another process (before os.fork()); create a new loop in this process",
+                ));
+            }
             st.running = true;
             st.thread_id = Some(current_thread_ident());
         }
@@ -988,13 +1013,20 @@ impl CoreLoop {
             }
             st.closed = true;
             let wakeup = st.wakeup.take();
+            let forked = std::process::id() != self.owner_pid;
             if let Some((r, _)) = &wakeup {
-                st.poller.remove_internal(r.as_raw_fd());
+                if !forked {
+                    st.poller.remove_internal(r.as_raw_fd());
+                }
             }
             (
                 std::mem::take(&mut st.ready),
                 st.timers.take_all(),
-                st.poller.take_all(),
+                if forked {
+                    st.poller.forget_all()
+                } else {
+                    st.poller.take_all()
+                },
                 wakeup,
             )
         };
@@ -1058,7 +1090,11 @@ impl CoreLoop {
             (
                 std::mem::take(&mut st.ready),
                 st.timers.take_all(),
-                st.poller.take_all(),
+                if std::process::id() != self.owner_pid {
+                    st.poller.forget_all()
+                } else {
+                    st.poller.take_all()
+                },
                 st.debug_value.take(),
             )
         });

@@ -306,6 +306,18 @@ impl Poller {
         })
     }
 
+    /// Like take_all, but without touching the kernel's epoll set: in a forked
+    /// child that set is shared with the parent, which still uses it.
+    pub fn forget_all(&mut self) -> Vec<Py<Handle>> {
+        self.internal_count = 0;
+        let mut out = Vec::new();
+        for (_, i) in self.fds.drain() {
+            out.extend(i.reader);
+            out.extend(i.writer);
+        }
+        out
+    }
+
     pub fn take_all(&mut self) -> Vec<Py<Handle>> {
         let mut out = Vec::new();
         self.internal_count = 0;

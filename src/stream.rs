@@ -216,6 +216,32 @@ impl StreamTransport {
         }
     }
 
+    /// Whether the user's socket/pipe object still owns our fd. If they closed
+    /// it behind the transport's back, the number may already belong to an
+    /// unrelated new socket: never touch it then (the stdlib gets EBADF from
+    /// the closed object; we report the same).
+    fn fd_still_ours(&self, py: Python<'_>) -> bool {
+        let sock = self
+            .inner
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        match sock {
+            Some(s) => s
+                .bind(py)
+                .call_method0(intern!(py, "fileno"))
+                .and_then(|f| f.extract::<RawFd>())
+                .map(|fd| fd == self.fd)
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    fn ebadf() -> PyErr {
+        PyErr::from(io::Error::from_raw_os_error(libc::EBADF))
+    }
+
     fn read_error_message(&self) -> &'static str {
         match self.kind {
             Kind::Socket => "Fatal read error on socket transport",
@@ -539,6 +565,12 @@ impl StreamTransport {
             }
             return Self::force_close(slf, None);
         }
+        if !this.fd_still_ours(py) {
+            if this.inner.borrow_mut(py).conn_lost > 0 {
+                return Ok(());
+            }
+            return Self::fatal_error(slf, Self::ebadf(), this.read_error_message());
+        }
         let (buffered, proto) = {
             let inner = this.inner.borrow_mut(py);
             if inner.conn_lost > 0 {
@@ -699,6 +731,9 @@ impl StreamTransport {
             }
         }
         // Nothing queued: try to send right away and queue only the rest.
+        if !this.fd_still_ours(py) {
+            return Self::fatal_error(slf, Self::ebadf(), this.write_error_message());
+        }
         let sent = match this.sys_write(view.as_slice()) {
             Ok(n) => n,
             Err(e) if would_block(&e) => 0,
@@ -738,6 +773,10 @@ impl StreamTransport {
     fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if !this.fd_still_ours(py) {
+            this.core(py).unwatch_fd(py, this.fd, true)?;
+            return Self::fatal_error(slf, Self::ebadf(), this.write_error_message());
+        }
         let result = {
             let inner = this.inner.borrow_mut(py);
             if inner.conn_lost > 0 || inner.wbuf.is_empty() {
