@@ -1074,6 +1074,12 @@ impl CoreLoop {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // See StreamTransport::__traverse__: the Python subclass (Loop) can be
+        // traversed while our fields are still zero-filled; owner_pid is never 0 then.
+        // SAFETY: reading a plain u32 field of zero-filled or initialised memory.
+        if unsafe { std::ptr::read_volatile(std::ptr::addr_of!(self.owner_pid)) } == 0 {
+            return Ok(());
+        }
         if let Some(st) = self.state.try_borrow_mut_in_gc() {
             for h in st.ready.iter() {
                 visit.call(h)?;

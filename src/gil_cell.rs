@@ -39,3 +39,11 @@ impl<T> GilRefCell<T> {
         self.0.try_borrow_mut().ok()
     }
 }
+
+/// Whether a `Py<T>` field still holds the zero bytes of a freshly allocated,
+/// not yet initialised object (see the GC slots that call this).
+pub fn is_null_py<T>(field: &pyo3::Py<T>) -> bool {
+    // SAFETY: a Py<T> is one non-null pointer once initialised; before that the
+    // allocator zero-filled it. Reading the bytes as a raw pointer is fine either way.
+    unsafe { std::ptr::read_volatile((field as *const pyo3::Py<T>).cast::<*const u8>()) }.is_null()
+}

@@ -258,6 +258,9 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if crate::gil_cell::is_null_py(&self.context) {
+            return Ok(());
+        }
         visit.call(&self.context)?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
             visit.call(&inner.callback)?;

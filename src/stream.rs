@@ -1176,6 +1176,11 @@ impl StreamTransport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // A Python subclass with a managed __dict__ can be traversed by a GC
+        // pass between allocation (zero-filled) and initialisation of our fields.
+        if crate::gil_cell::is_null_py(&self.loop_obj) {
+            return Ok(());
+        }
         visit.call(&self.loop_obj)?;
         visit.call(&self.core)?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {

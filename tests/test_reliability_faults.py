@@ -1050,23 +1050,7 @@ emit(dict(result=res, errors=sorted(set(errors)), fired=fired[0]))
 """
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            k,
-            marks=pytest.mark.xfail(
-                reason="KNOWN BUG (open): segfault in a GC pass while a native stream "
-                "transport is being created (same crash as test_reliability_leaks "
-                "[connections]); found 2026-11-25, not yet fixed",
-                strict=False,
-            ),
-        )
-        if k == "tokioloop"
-        else k
-        for k in KINDS
-    ],
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_finalizers_calling_into_the_loop_at_any_allocation(kind):
     data, proc = run_child(
         f"KIND = {kind!r}\n" + _GC_REENTRY, timeout=100, expect_rc=None, env={"PYTHONFAULTHANDLER": "1"}

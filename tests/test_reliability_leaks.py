@@ -205,23 +205,7 @@ WORKLOADS = {
 }
 
 
-@pytest.mark.parametrize(
-    "workload",
-    [
-        pytest.param(
-            w,
-            marks=pytest.mark.xfail(
-                reason="KNOWN BUG (open): the child segfaults during a GC pass while "
-                "accepting connections (native transport/GC interaction, found "
-                "2026-11-25, not yet fixed)",
-                strict=False,
-            ),
-        )
-        if w == "connections"
-        else w
-        for w in sorted(WORKLOADS)
-    ],
-)
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
 def test_resources_return_to_baseline(workload):
     n, warm, leak_kb, kept_kb = WORKLOADS[workload]
     n *= SCALE
