@@ -1037,7 +1037,13 @@ impl CoreLoop {
         drop(deadline);
         // SAFETY: checked above that the loop is not running.
         let driver = unsafe { self.driver.take() };
-        drop(driver);
+        if std::process::id() == self.owner_pid {
+            drop(driver);
+        } else if let Some(driver) = driver {
+            // A forked child: dropping the AsyncFd would deregister our epoll fd
+            // from tokio's epoll set, which the parent shares. Leak it instead.
+            std::mem::forget(driver);
+        }
         self.epoll.close();
         let mut leftover = Vec::new();
         self.remote.drain(&mut leftover);

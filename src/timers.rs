@@ -1,5 +1,5 @@
 //! The timer heap: deadline order, then insertion order for equal deadlines
-//! (asyncio's heapq gives the same for handles scheduled at the same `when`).
+//! (asyncio's heapq does not guarantee the latter; FIFO is the stricter choice).
 
 use crate::handles::{CancelCounter, Handle, TimerHandle};
 use pyo3::prelude::*;

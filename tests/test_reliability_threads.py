@@ -389,16 +389,7 @@ _EXPECTED_WORK = [[0.01, 0.02, 0.03], "woken", "krof olleh", 6]
 
 @pytest.mark.parametrize("mode", FORK_MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_fork_child_gets_a_fresh_loop_and_parent_loop_keeps_working(kind, mode, request):
-    if kind == "tokioloop" and mode in ("child-closes-inherited-loop", "child-exits-normally"):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="KNOWN BUG (open): after os.fork() a child that closes or finalizes "
-                "the inherited loop wedges the parent's loop (shared epoll/tokio state); "
-                "close() now skips epoll_ctl in a child, not yet enough",
-                strict=False,
-            )
-        )
+def test_fork_child_gets_a_fresh_loop_and_parent_loop_keeps_working(kind, mode):
     code = f"KIND = {kind!r}\nMODE = {mode!r}\n" + _FORK
     data, proc = run_child(code, timeout=40, expect_rc=None)
     if proc.returncode != 0 and "Timeout (0:00:12)" in proc.stderr:
