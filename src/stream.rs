@@ -336,60 +336,62 @@ impl StreamTransport {
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let proto = {
-            let mut inner = this.inner.borrow_mut(py);
+            let mut inner = slf.get().inner.borrow_mut(py);
             if inner.wbuf_size <= inner.high || inner.protocol_paused {
                 return Ok(());
             }
             inner.protocol_paused = true;
             inner.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        if let Some(p) = proto {
-            if let Err(e) = p.bind(py).call_method0(intern!(py, "pause_writing")) {
-                if pyhelpers::is_exit_exception(py, &e) {
-                    return Err(e);
-                }
-                pyhelpers::protocol_callback_failed(
-                    py,
-                    this.loop_obj.bind(py),
-                    slf.as_any(),
-                    Some(p),
-                    e.into_value(py).into_any(),
-                    "protocol.pause_writing() failed",
-                )?;
-            }
-        }
-        Ok(())
+        Self::notify_flow_control(
+            slf,
+            proto,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let proto = {
-            let mut inner = this.inner.borrow_mut(py);
+            let mut inner = slf.get().inner.borrow_mut(py);
             if !inner.protocol_paused || inner.wbuf_size > inner.low {
                 return Ok(());
             }
             inner.protocol_paused = false;
             inner.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        if let Some(p) = proto {
-            if let Err(e) = p.bind(py).call_method0(intern!(py, "resume_writing")) {
-                if pyhelpers::is_exit_exception(py, &e) {
-                    return Err(e);
-                }
-                pyhelpers::protocol_callback_failed(
-                    py,
-                    this.loop_obj.bind(py),
-                    slf.as_any(),
-                    Some(p),
-                    e.into_value(py).into_any(),
-                    "protocol.resume_writing() failed",
-                )?;
-            }
+        Self::notify_flow_control(
+            slf,
+            proto,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    /// Calls pause_writing/resume_writing; a failure goes to the exception
+    /// handler (exit exceptions propagate), as the stdlib does.
+    fn notify_flow_control(
+        slf: &Bound<'_, Self>,
+        proto: Option<Py<PyAny>>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        failure: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(p) = proto else { return Ok(()) };
+        match p.bind(py).call_method0(method) {
+            Ok(_) => Ok(()),
+            Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
+            Err(e) => pyhelpers::protocol_callback_failed(
+                py,
+                slf.get().loop_obj.bind(py),
+                slf.as_any(),
+                Some(p),
+                e.into_value(py).into_any(),
+                failure,
+            ),
         }
-        Ok(())
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
