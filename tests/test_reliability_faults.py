@@ -515,6 +515,13 @@ def exc_scenario(cb_kind, exc_name, loop_kind):
     def handler(lp, ctx):
         n_handler[0] += 1
         if n_handler[0] > 20:  # a busy loop of reports (see proto_resume_writing)
+            # CPython's selector transport keeps its writer registered with an
+            # empty buffer; on 3.12+ that spin never ends, so the oracle would
+            # hang.  Unregister the stuck writer by hand (stdlib loop only).
+            cb = getattr(ctx.get("handle"), "_callback", None)
+            tr = getattr(cb, "__self__", None)
+            if loop_kind == "asyncio" and tr is not None and hasattr(tr, "_sock_fd"):
+                lp._remove_writer(tr._sock_fd)
             return
         exc = ctx.get("exception")
         ev.append(("handler", _norm_message(ctx.get("message")), type(exc).__name__ if exc else None, sorted(ctx)))
@@ -710,7 +717,12 @@ async def _proto_main(loop, cb_kind, boom, ev):
     except asyncio.TimeoutError:
         ev.append("server-not-lost")
     srv.close()
-    await srv.wait_closed()
+    try:
+        # 3.12+ wait_closed() waits for every connection; bounded because the
+        # stdlib's own transport can stay wedged (see proto_resume_writing).
+        await asyncio.wait_for(srv.wait_closed(), 1)
+    except asyncio.TimeoutError:
+        ev.append("server-wait-closed-timeout")
 
 
 async def _datagram_main(loop, boom, ev):
@@ -749,8 +761,16 @@ def test_exceptions_in_callbacks_like_stdlib(cb_kind):
             # and every iteration then reports "assert self._buffer" failing in
             # _write_ready: a busy loop of AssertionError reports.  tokioloop
             # must not copy that; everything else must match.
-            spam = ["handler", "Exception in callback <Transport>._write_ready", "AssertionError"]
-            std = [e for e in std if e[:3] != spam]
+            # (the callback is _write_ready on 3.11, _write_send/_write_sendmsg on 3.12+)
+            std = [
+                e
+                for e in std
+                if not (
+                    e[0] == "handler"
+                    and e[1].startswith("Exception in callback <Transport>._write")
+                    and e[2] == "AssertionError"
+                )
+            ]
             assert not any(e[0] == "handler" for e in tl), tl
         # The scenario did raise, and the loop survived (usable afterwards).
         assert ["boom", 1] in std, std

@@ -379,7 +379,10 @@ async def parent_checks():
         await asyncio.sleep(0.01)
     return dict(work=await exercise(loop), woken=woken, wakeup_prompt=latency < 1.0, reader=[x.decode() for x in reader_got])
 
-parent = loop.run_until_complete(asyncio.wait_for(parent_checks(), 10))
+try:
+    parent = loop.run_until_complete(asyncio.wait_for(parent_checks(), 10))
+except asyncio.TimeoutError:
+    parent = {"error": "TimeoutError"}
 emit(dict(child=child, child_status=status, parent=parent))
 """
 
@@ -401,13 +404,18 @@ def test_fork_child_gets_a_fresh_loop_and_parent_loop_keeps_working(kind, mode):
     assert data["child"] == {"new_is_parent_loop": False, "work": _EXPECTED_WORK}, data
     assert data["child_status"] == 0
     parent = data["parent"]
+    stdlib_defect = kind == "asyncio" and mode in ("child-closes-inherited-loop", "child-exits-normally")
+    if stdlib_defect and parent.get("error") == "TimeoutError":
+        # CPython's own defect: closing the inherited copy unregisters the
+        # self-pipe from the epoll instance it shares with the parent, so the
+        # parent's call_soon_threadsafe wake-up is lost until a timer fires
+        # (and then the 3 s wait_for timer may run first).  The oracle is
+        # broken here; tokioloop's side of this test is what counts.
+        return
     assert parent["work"] == _EXPECTED_WORK
     assert parent["reader"] == ["ping"]
     assert parent["woken"] == "woken"
-    if kind == "asyncio" and mode in ("child-closes-inherited-loop", "child-exits-normally"):
-        # CPython's own defect: closing the inherited copy unregisters the
-        # self-pipe from the epoll instance it shares with the parent, so the
-        # parent's call_soon_threadsafe wake-up is lost until a timer fires.
+    if stdlib_defect:
         return
     assert parent["wakeup_prompt"], data
 
