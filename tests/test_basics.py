@@ -604,3 +604,42 @@ def test_unclosed_loop_resource_warning_like_stdlib():
     tl = scen("tokioloop")
     assert std == [(ResourceWarning, ["unclosed", "event"])]
     assert tl == std
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers were removed in 3.14")
+def test_policy_child_watcher_api_like_stdlib_policy():
+    # Code written for the stdlib policy calls get_child_watcher(); it must get
+    # what asyncio's default policy gives (a watcher, plus the 3.12+ deprecation
+    # warning), and subprocesses must keep working whatever watcher is set.
+    import warnings
+
+    results = {}
+    for name, policy in (("stdlib", asyncio.DefaultEventLoopPolicy()), ("tokioloop", tokioloop.EventLoopPolicy())):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            watcher = policy.get_child_watcher()
+        results[name] = (
+            isinstance(watcher, asyncio.AbstractChildWatcher),
+            sorted({w.category.__name__ for w in caught}),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(asyncio.ThreadedChildWatcher())
+            lp = policy.new_event_loop()
+            policy.set_event_loop(lp)
+
+        async def child():
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "print(6*7)", stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            return proc.returncode, out.strip()
+
+        try:
+            assert lp.run_until_complete(child()) == (0, b"42")
+        finally:
+            policy.set_event_loop(None)
+            lp.close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                policy.set_child_watcher(None)
+    assert results["tokioloop"] == results["stdlib"]
+    assert results["tokioloop"][0] is True

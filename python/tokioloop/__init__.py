@@ -27,9 +27,15 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-_BasePolicy = getattr(_events, "BaseDefaultEventLoopPolicy", None) or getattr(
-    _events, "_BaseDefaultEventLoopPolicy"
-)
+if sys.version_info < (3, 14):
+    # The stdlib's Unix policy, so get_child_watcher()/set_child_watcher() behave
+    # (and warn on 3.12+) as asyncio's own default policy does.  Our loop reaps
+    # its children natively and never consults the watcher, as uvloop does.
+    from asyncio.unix_events import _UnixDefaultEventLoopPolicy as _BasePolicy
+else:  # child watchers are gone in 3.14
+    _BasePolicy = getattr(_events, "BaseDefaultEventLoopPolicy", None) or getattr(
+        _events, "_BaseDefaultEventLoopPolicy"
+    )
 
 
 class EventLoopPolicy(_BasePolicy):
