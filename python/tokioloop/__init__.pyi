@@ -21,7 +21,8 @@ def new_event_loop() -> Loop:
 if sys.version_info >= (3, 14):
     _BasePolicy = asyncio.events._BaseDefaultEventLoopPolicy
 else:
-    _BasePolicy = asyncio.events.BaseDefaultEventLoopPolicy
+    # the stdlib's Unix default policy (get_child_watcher/set_child_watcher)
+    from asyncio.unix_events import _UnixDefaultEventLoopPolicy as _BasePolicy
 
 class EventLoopPolicy(_BasePolicy):
     """An asyncio event loop policy whose loops are tokioloop loops."""
