@@ -12,6 +12,7 @@ use crate::gil_cell::GilRefCell;
 use crate::handles::{check_callable, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
 use crate::pyhelpers;
+use crate::ready::ReadyQueue;
 use crate::remote::Remote;
 use crate::timers::TimerHeap;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
@@ -19,7 +20,6 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 use pyo3::PyTraverseError;
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +52,8 @@ pub struct Stats {
 }
 
 struct LoopState {
-    ready: VecDeque<Py<Handle>>,
-    timers: TimerHeap,
+    ready: ReadyQueue<Py<Handle>>,
+    timers: TimerHeap<Py<TimerHandle>>,
     poller: Poller,
     stopping: bool,
     running: bool,
@@ -417,9 +417,10 @@ impl CoreLoop {
             st.stats.iterations += 1;
         }
 
-        let (ntodo, debug, detector) = {
-            let st = this.state.borrow_mut(py);
-            (st.ready.len(), st.debug, st.blocking_threshold)
+        let (debug, detector) = {
+            let mut st = this.state.borrow_mut(py);
+            st.ready.start_batch();
+            (st.debug, st.blocking_threshold)
         };
         // Callback timing costs two clock reads per callback: only when debug
         // mode or the blocking-call detector asked for it. The detector uses
@@ -436,13 +437,16 @@ impl CoreLoop {
         let mut ran = 0u64;
         let mut longest = 0.0f64;
         let result = (|| -> PyResult<()> {
-            for _ in 0..ntodo {
-                let Some(h) = this.state.borrow_mut(py).ready.pop_front() else {
+            loop {
+                let Some(h) = this.state.borrow_mut(py).ready.next_in_batch() else {
                     break;
                 };
                 let handle = h.get();
                 let t0 = if timed { now_for_timing() } else { 0.0 };
-                let res = handle.run(py);
+                // A panic in our own code under run() must not unwind through
+                // the loop: it is reported like any failing callback.
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.run(py)))
+                    .unwrap_or_else(|p| Err(pyhelpers::panic_to_pyerr(p)));
                 ran += 1;
                 let dt = if timed { now_for_timing() - t0 } else { 0.0 };
                 if dt > longest {
@@ -861,7 +865,7 @@ impl CoreLoop {
             .filter(|t| poller.add_internal(t.raw_fd()).is_ok());
         Ok(CoreLoop {
             state: GilRefCell::new(LoopState {
-                ready: VecDeque::with_capacity(1024),
+                ready: ReadyQueue::with_capacity(1024),
                 timers: TimerHeap::new(),
                 poller,
                 stopping: false,
@@ -966,7 +970,8 @@ impl CoreLoop {
         let mut scratch = Vec::new();
         let mut due = Vec::new();
         let mut remote_in = Vec::new();
-        let result = loop {
+        // catch_unwind so the loop is never left marked running (wedged) by a panic.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
             if let Err(e) = Self::run_once(slf, &mut events, &mut scratch, &mut due, &mut remote_in)
             {
                 break Err(e);
@@ -974,7 +979,8 @@ impl CoreLoop {
             if this.state.borrow_mut(py).stopping {
                 break Ok(());
             }
-        };
+        }))
+        .unwrap_or_else(|p| Err(pyhelpers::panic_to_pyerr(p)));
         let mut st = this.state.borrow_mut(py);
         st.stopping = false;
         st.running = false;

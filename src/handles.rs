@@ -86,17 +86,17 @@ impl Handle {
         // SAFETY: all pointers are live Python objects owned above; the GIL is held.
         unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
-                return Err(PyErr::fetch(py));
+                return Err(pyhelpers::take_raised(py));
             }
             let res = ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut());
             let err = if res.is_null() {
-                Some(PyErr::fetch(py))
+                Some(pyhelpers::take_raised(py))
             } else {
                 ffi::Py_DECREF(res);
                 None
             };
             if ffi::PyContext_Exit(ctx) < 0 {
-                return Err(PyErr::fetch(py));
+                return Err(pyhelpers::take_raised(py));
             }
             match err {
                 Some(e) => Err(e),
@@ -169,7 +169,7 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     unsafe {
         let p = ffi::PyContext_CopyCurrent();
         if p.is_null() {
-            Err(PyErr::fetch(py))
+            Err(pyhelpers::take_raised(py))
         } else {
             Ok(Bound::from_owned_ptr(py, p).unbind())
         }

@@ -8,11 +8,19 @@ mod gil_cell;
 mod handles;
 mod poller;
 mod pyhelpers;
+mod ready;
 mod remote;
 mod stream;
 mod timers;
 
 use pyo3::prelude::*;
+
+/// Test hook: panics on purpose, so the tests can pin that a Rust panic reaches
+/// Python as an exception (pyo3's PanicException) instead of aborting.
+#[pyfunction]
+fn _panic_for_tests(message: &str) {
+    panic!("{message}");
+}
 
 #[pymodule]
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -21,6 +29,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -8,6 +8,59 @@ use pyo3::types::PyTuple;
 
 static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
+/// The exception a failed C-API call raised, as a PyErr — without pyo3's
+/// `PyErr::fetch` rule that turns a fetched PanicException back into a Rust
+/// panic. A panic that surfaced in Python code (a panicking callback) must stay
+/// an exception for the loop to report, never unwind through the run loop.
+pub fn take_raised(py: Python<'_>) -> PyErr {
+    let mut ptype = std::ptr::null_mut();
+    let mut pvalue = std::ptr::null_mut();
+    let mut ptb = std::ptr::null_mut();
+    // SAFETY: the GIL is held; the three out-pointers receive new references
+    // (or NULL), which are consumed or released below. PyErr_Fetch/Normalize
+    // work on every supported CPython (3.12 keeps them as wrappers).
+    unsafe {
+        #[allow(deprecated)]
+        {
+            pyo3::ffi::PyErr_Fetch(&mut ptype, &mut pvalue, &mut ptb);
+            if ptype.is_null() {
+                return pyo3::exceptions::PySystemError::new_err(
+                    "error return without exception set",
+                );
+            }
+            pyo3::ffi::PyErr_NormalizeException(&mut ptype, &mut pvalue, &mut ptb);
+        }
+        if !ptb.is_null() && !pvalue.is_null() {
+            pyo3::ffi::PyException_SetTraceback(pvalue, ptb);
+        }
+        pyo3::ffi::Py_XDECREF(ptype);
+        pyo3::ffi::Py_XDECREF(ptb);
+        if pvalue.is_null() {
+            return pyo3::exceptions::PySystemError::new_err("exception lost in normalisation");
+        }
+        PyErr::from_value(Bound::from_owned_ptr(py, pvalue))
+    }
+}
+
+/// Runs a call into user Python code so that a PanicException it raises comes
+/// back as an error (pyo3 would resume it as a Rust panic when fetching it).
+pub fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(panic_to_pyerr(p)))
+}
+
+/// A panic payload caught by catch_unwind, as the PanicException pyo3 raises.
+pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let msg = if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "panic in tokioloop".to_string()
+    };
+    pyo3::panic::PanicException::new_err(msg)
+}
+
 fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     SUPPORT
         .get_or_try_init(py, || py.import("tokioloop._support").map(|m| m.unbind()))

@@ -380,7 +380,7 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let Some(p) = proto else { return Ok(()) };
-        match p.bind(py).call_method0(method) {
+        match pyhelpers::guarded(|| p.bind(py).call_method0(method)) {
             Ok(_) => Ok(()),
             Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
             Err(e) => pyhelpers::protocol_callback_failed(
@@ -400,7 +400,7 @@ impl StreamTransport {
         let Some(proto) = this.protocol(py) else {
             return Ok(());
         };
-        let res = proto.bind(py).call_method0(intern!(py, "eof_received"));
+        let res = pyhelpers::guarded(|| proto.bind(py).call_method0(intern!(py, "eof_received")));
         if this.kind == Kind::ReadPipe {
             // A read pipe closes on EOF whatever the protocol answers.
             if let Err(e) = res {
@@ -585,16 +585,17 @@ impl StreamTransport {
         };
         let proto = proto.bind(py);
         if buffered {
-            let buf = match proto.call_method1(intern!(py, "get_buffer"), (-1,)) {
-                Ok(b) => b,
-                Err(e) => {
-                    return Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.get_buffer() call failed.",
-                    )
-                }
-            };
+            let buf =
+                match pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (-1,))) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Self::fatal_error(
+                            slf,
+                            e,
+                            "Fatal error: protocol.get_buffer() call failed.",
+                        )
+                    }
+                };
             let view = match ByteView::new(&buf, true) {
                 Ok(v) => v,
                 Err(_) => {
@@ -626,7 +627,9 @@ impl StreamTransport {
             }
             match res {
                 Ok(0) => Self::on_eof(slf),
-                Ok(n) => match proto.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                Ok(n) => match pyhelpers::guarded(|| {
+                    proto.call_method1(intern!(py, "buffer_updated"), (n,))
+                }) {
                     Ok(_) => Ok(()),
                     Err(e) => Self::fatal_error(
                         slf,
@@ -669,7 +672,9 @@ impl StreamTransport {
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
                 Ok((_, Some(data))) => {
-                    match proto.call_method1(intern!(py, "data_received"), (data,)) {
+                    match pyhelpers::guarded(|| {
+                        proto.call_method1(intern!(py, "data_received"), (data,))
+                    }) {
                         Ok(_) => Ok(()),
                         Err(e) => Self::fatal_error(
                             slf,
@@ -1128,10 +1133,11 @@ impl StreamTransport {
         this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
         let exc = exc.filter(|e| !e.is_none(py));
         let res = match &protocol {
-            Some(p) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(|_| ()),
+            Some(p) => pyhelpers::guarded(|| {
+                p.bind(py)
+                    .call_method1(intern!(py, "connection_lost"), (exc,))
+                    .map(|_| ())
+            }),
             None => Ok(()),
         };
         // Whatever the protocol did, the socket is closed and the server told.

@@ -309,3 +309,60 @@ def test_system_exit_via_run_exit_code():
         """
     )
     assert p.returncode == 5, p.stderr
+
+
+def test_rust_panic_becomes_a_python_exception_and_the_loop_keeps_running():
+    # A panic in Rust code must never abort the interpreter or wedge the loop.
+    from tokioloop import _tokioloop
+
+    with pytest.raises(BaseException) as info:
+        _tokioloop._panic_for_tests("boom from rust")
+    assert type(info.value).__name__ == "PanicException"
+    assert "boom from rust" in str(info.value)
+
+    lp = tokioloop.new_event_loop()
+    seen = []
+    lp.set_exception_handler(lambda loop, ctx: seen.append(type(ctx.get("exception")).__name__))
+    try:
+        lp.call_soon(_tokioloop._panic_for_tests, "in a callback")
+        lp.call_soon(seen.append, "next callback ran")
+        lp.run_until_complete(asyncio.sleep(0.01))
+        assert seen == ["PanicException", "next callback ran"]
+        assert lp.run_until_complete(asyncio.sleep(0, "still usable")) == "still usable"
+    finally:
+        lp.close()
+
+
+def test_rust_panic_inside_a_protocol_callback_is_a_fatal_transport_error_like_stdlib():
+    # The panic surfaces in data_received (Python code called by the Rust
+    # transport): the transport must treat it as the stdlib treats any
+    # BaseException there — report "Fatal error", close, connection_lost once.
+    import socket
+
+    from tokioloop import _tokioloop
+
+    lp = tokioloop.new_event_loop()
+    seen = []
+    lp.set_exception_handler(lambda loop, ctx: seen.append((ctx["message"], type(ctx.get("exception")).__name__)))
+
+    async def main():
+        lost = lp.create_future()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                _tokioloop._panic_for_tests("in data_received")
+
+            def connection_lost(self, exc):
+                lost.set_result(type(exc).__name__ if exc else None)
+
+        a, b = socket.socketpair()
+        with b:
+            await lp.connect_accepted_socket(P, a)
+            b.send(b"x")
+            return await asyncio.wait_for(lost, 5)
+
+    try:
+        assert lp.run_until_complete(main()) == "PanicException"
+        assert seen == [("Fatal error: protocol.data_received() call failed.", "PanicException")]
+    finally:
+        lp.close()
