@@ -9,8 +9,11 @@ from typing_extensions import Self, disjoint_base
 
 _Ts = TypeVarTuple("_Ts")
 
-__all__ = ["CoreLoop", "Handle", "TimerHandle", "StreamTransport", "__version__"]
+__all__ = ["CoreLoop", "Handle", "TimerHandle", "StreamTransport", "__version__", "_panic_for_tests"]
 __version__: str
+
+def _panic_for_tests(message: str) -> None:
+    """Test hook: a Rust panic on purpose (it reaches Python as PanicException)."""
 
 @disjoint_base
 class Handle:
