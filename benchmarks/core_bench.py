@@ -26,18 +26,26 @@ import argparse
 import asyncio
 import datetime
 import gc
-import importlib
 import json
 import math
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import traceback
+
+import _harness
+from _harness import (
+    cpu_model,
+    emit_result,
+    get_loop_factory,
+    loop_version,
+    parse_list,
+    run_worker,
+    setup_pinning,
+)
 
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop", "tokioloop+detector"]
 # Opt-in: tokioloop with its blocking-call detector on (threshold 0.1 s), to
@@ -48,42 +56,6 @@ RESULT_MARK = "@@CORE_BENCH_RESULT@@ "
 
 # --------------------------------------------------------------------------
 # loop factories
-
-
-def get_loop_factory(name):
-    """Return a zero-argument callable creating a new loop (no policies)."""
-    if name == "asyncio":
-        # What asyncio.new_event_loop() returns on Unix, without the policy.
-        return asyncio.SelectorEventLoop
-    if name in ("uvloop", "rloop", "tokioloop"):
-        return importlib.import_module(name).new_event_loop
-    if name == "tokioloop+detector":
-        tokioloop = importlib.import_module("tokioloop")
-
-        def factory():
-            loop = tokioloop.new_event_loop()
-            loop.set_blocking_detector(0.1)
-            return loop
-
-        return factory
-    raise ValueError(f"unknown loop {name!r}")
-
-
-def loop_version(name):
-    if name == "asyncio":
-        return platform.python_version()
-    if name == "tokioloop+detector":
-        name = "tokioloop"
-    mod = importlib.import_module(name)
-    version = getattr(mod, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-
-            version = dist_version(name)
-        except Exception:
-            version = "?"
-    return str(version)
 
 
 def _timed_run(factory, main):
@@ -427,9 +399,7 @@ SIZE_KEYS = {"n", "steps", "rounds"}
 
 
 def scaled(params, factor):
-    out = dict(params)
-    for k in SIZE_KEYS & out.keys():
-        out[k] = max(1, int(out[k] * factor))
+    out = _harness.scaled(params, factor, SIZE_KEYS)
     for k in ("chains", "batch"):  # keep n >= chains / batch
         if k in out:
             out["n"] = max(out["n"], out[k])
@@ -461,38 +431,12 @@ def worker_main(args):
     except BaseException as exc:  # report, don't hide, any failure
         traceback.print_exc()
         out["error"] = f"{type(exc).__name__}: {exc}"
-    sys.stdout.flush()
-    print(RESULT_MARK + json.dumps(out), flush=True)
+    emit_result(RESULT_MARK, out)
     return 0
 
 
 # --------------------------------------------------------------------------
 # parent
-
-
-def child_env():
-    env = dict(os.environ)
-    for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONMALLOC"):
-        env.pop(var, None)
-    return env
-
-
-def setup_pinning(cpu, no_pin):
-    """Return (command prefix, extra worker args, description)."""
-    if no_pin:
-        return [], [], "none (--no-pin)"
-    avail = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    note = ""
-    if avail is not None and cpu not in avail:
-        note = f" (CPU {cpu} not available, using CPU {avail[-1]})"
-        cpu = avail[-1]
-    if shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)], [], f"taskset -c {cpu}{note}"
-    if hasattr(os, "sched_setaffinity"):
-        return [], ["--pin-self", str(cpu)], (
-            f"os.sched_setaffinity -> CPU {cpu} (taskset not found){note}"
-        )
-    return [], [], "none (taskset and sched_setaffinity unavailable)"
 
 
 def run_child(prefix, extra, loop, case, params, args):
@@ -501,23 +445,8 @@ def run_child(prefix, extra, loop, case, params, args):
         "--worker-loop", loop, "--worker-case", case,
         "--params", json.dumps(params), "--repeat", str(args.repeat),
         "--warmup", str(args.warmup), *extra,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout, env=child_env())
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.timeout}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            res = json.loads(line[len(RESULT_MARK):])
-            if "error" in res:
-                res["stderr"] = proc.stderr[-3000:]
-            return res
-    if proc.returncode < 0:
-        err = f"crashed (signal {-proc.returncode})"
-    else:
-        err = f"exited with status {proc.returncode} and no result"
-    return {"error": err, "stderr": proc.stderr[-3000:]}
+    ]  # fmt: skip
+    return run_worker(cmd, RESULT_MARK, args.timeout)
 
 
 def fmt_ops(x):
@@ -528,25 +457,6 @@ def fmt_ops(x):
             v = x / div
             return f"{v:.3g}{suffix}" if v < 100 else f"{v:.0f}{suffix}"
     return f"{x:.3g}"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def parse_list(value, allowed, what):
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        raise SystemExit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
 
 
 def main(argv=None):
@@ -590,7 +500,7 @@ def main(argv=None):
         raise SystemExit("--repeat must be >= 1")
     loops = parse_list(args.loops, ALL_LOOPS, "loop")
     cases = parse_list(args.cases, list(CASES), "case")
-    prefix, extra, pin_desc = setup_pinning(args.cpu, args.no_pin)
+    prefix, extra, pin_desc, _ = setup_pinning(args.cpu, args.no_pin)
 
     # Probe loops in a subprocess (a broken build must not kill this process).
     versions, notes, child_affinity = {}, [], None

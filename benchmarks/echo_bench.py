@@ -79,7 +79,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -92,6 +91,9 @@ import subprocess
 import sys
 import time
 import traceback
+
+from _harness import child_env, cpu_model, get_loop_factory, parse_list
+from _harness import loop_version as _loop_version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN_DIR = os.path.join(HERE, "loadgen")
@@ -115,37 +117,8 @@ PORT_MARK = "PORT "
 # loops (shared with aiohttp_bench.py)
 
 
-def get_loop_factory(name):
-    """Return a zero-argument callable creating a new loop (no policies)."""
-    if name == "asyncio":
-        return asyncio.SelectorEventLoop
-    if name in ("uvloop", "rloop", "tokioloop"):
-        return importlib.import_module(name).new_event_loop
-    raise ValueError(f"unknown loop {name!r}")
-
-
 def loop_version(name):
-    if name == "asyncio":
-        return platform.python_version()
-    mod = importlib.import_module(name)
-    version = getattr(mod, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-
-            version = dist_version(name)
-        except Exception:
-            version = "?"
-    version = str(version)
-    if name == "tokioloop":
-        # The extension is rebuilt often during development: say which build ran.
-        try:
-            ext = importlib.import_module("tokioloop._tokioloop").__file__
-            built = datetime.datetime.fromtimestamp(os.path.getmtime(ext)).astimezone()
-            version += f" (extension built {built.strftime('%Y-%m-%d %H:%M:%S %Z')})"
-        except Exception:
-            pass
-    return version
+    return _loop_version(name, build_time=True)
 
 
 def install_fatal_handler(loop):
@@ -298,13 +271,6 @@ def server_main(args):
 
 # --------------------------------------------------------------------------
 # parent helpers (shared with aiohttp_bench.py)
-
-
-def child_env():
-    env = dict(os.environ)
-    for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONMALLOC"):
-        env.pop(var, None)
-    return env
 
 
 def pin_prefix(cpu, no_pin):
@@ -524,25 +490,6 @@ def parse_size(s):
     elif s.endswith("m"):
         mult, s = 1024 * 1024, s[:-1]
     return int(float(s) * mult)
-
-
-def parse_list(value, allowed, what):
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        raise SystemExit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize(samples, key, stat, higher_better):
