@@ -1,5 +1,12 @@
 //! tokioloop: asyncio's event loop, in Rust on a tokio current-thread runtime.
 
+// Nothing that input or the OS can reach may panic: errors become Python
+// exceptions. Enforced by clippy outside the unit tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod clock;
 mod deadline;
 mod event_loop;
@@ -18,6 +25,7 @@ use pyo3::prelude::*;
 /// Test hook: panics on purpose, so the tests can pin that a Rust panic reaches
 /// Python as an exception (pyo3's PanicException) instead of aborting.
 #[pyfunction]
+#[allow(clippy::panic)]
 fn _panic_for_tests(message: &str) {
     panic!("{message}");
 }

@@ -38,3 +38,27 @@ def test_cargo_unit_tests_pass():
     for suite in ("timers::tests::", "ready::tests::"):
         assert suite in out, f"no {suite} test ran\n{out[-3000:]}"
     assert "test result: ok" in out and " 0 failed" in out, out[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_no_panicking_calls_in_the_extension():
+    # src/lib.rs denies clippy::unwrap_used, expect_used and panic outside the
+    # unit tests: clippy fails the build if one creeps into a path input or the
+    # OS can reach.
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        if os.environ.get("CI"):
+            pytest.fail("cargo is needed in CI")
+        pytest.skip("no Rust toolchain (cargo) here")
+    probe = subprocess.run([cargo, "clippy", "--version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("cargo clippy is needed in CI: " + probe.stderr[-500:])
+        pytest.skip("clippy is not installed")
+    env = dict(os.environ, PYO3_PYTHON=sys.executable)
+    proc = subprocess.run(
+        [cargo, "clippy", "--release", "--lib"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "unwrap_used" not in out and "expect_used" not in out, out[-5000:]
