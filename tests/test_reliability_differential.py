@@ -47,11 +47,12 @@ import contextvars
 import functools
 import itertools
 import re
+import sys
 import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 from reliability_helpers import env_int, new_loop
@@ -397,7 +398,17 @@ def run_exact(kind, program):
         loop.close()
 
 
+# CPython 3.13.0's run_forever() runs its cleanup even when its setup refused a
+# re-entrant call: the refused call resets the running loop's thread id, running-
+# loop registration and asyncgen hooks, so what follows differs (a second attempt
+# really re-enters and fails with IndexError from the ready deque). Fixed in
+# 3.13.1. The oracle is wrong there, so re-entrant programs are not compared on 3.13.0.
+_ORACLE_REENTRY_BUG = sys.version_info[:3] == (3, 13, 0)
+
+
 def _check_exact(program):
+    if _ORACLE_REENTRY_BUG:
+        assume("'reenter'" not in repr(program))
     ties = program[0]
     oracle = "asyncio-stable-ties" if ties else "asyncio"
     expected = run_exact(oracle, program)
