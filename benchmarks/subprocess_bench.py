@@ -37,45 +37,32 @@ import argparse
 import asyncio
 import datetime
 import gc
-import importlib
 import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
+
+import _harness
+from _harness import (
+    child_env,
+    cpu_model,
+    emit_result,
+    get_loop_factory,
+    loop_version,
+    parse_list,
+    run_worker,
+    setup_pinning,
+)
 
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
 DEFAULT_LOOPS = ["asyncio", "uvloop", "tokioloop"]
 RESULT_MARK = "@@SUBPROCESS_BENCH_RESULT@@ "
 MB = 1_000_000
 CHUNK = 1 << 20
-
-
-def get_loop_factory(name):
-    if name == "asyncio":
-        return asyncio.SelectorEventLoop
-    if name in ("uvloop", "rloop", "tokioloop"):
-        return importlib.import_module(name).new_event_loop
-    raise ValueError(f"unknown loop {name!r}")
-
-
-def loop_version(name):
-    if name == "asyncio":
-        return platform.python_version()
-    mod = importlib.import_module(name)
-    version = getattr(mod, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-
-            version = dist_version(name)
-        except Exception:
-            version = "?"
-    return str(version)
 
 
 class _Clock:
@@ -265,10 +252,7 @@ SIZE_KEYS = {"n", "mb"}
 
 
 def scaled(params, factor):
-    out = dict(params)
-    for k in SIZE_KEYS & out.keys():
-        out[k] = max(1, int(out[k] * factor))
-    return out
+    return _harness.scaled(params, factor, SIZE_KEYS)
 
 
 # --------------------------------------------------------------------------
@@ -298,37 +282,12 @@ def worker_main(args):
     except BaseException as exc:
         traceback.print_exc()
         out["error"] = f"{type(exc).__name__}: {exc}"
-    sys.stdout.flush()
-    print(RESULT_MARK + json.dumps(out), flush=True)
+    emit_result(RESULT_MARK, out)
     return 0
 
 
 # --------------------------------------------------------------------------
 # parent
-
-
-def child_env():
-    env = dict(os.environ)
-    for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONMALLOC", "TOKIOLOOP_CHILD_WATCHER"):
-        env.pop(var, None)
-    return env
-
-
-def setup_pinning(cpu, no_pin):
-    if no_pin:
-        return [], [], "none (--no-pin)", None
-    avail = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    note = ""
-    if avail is not None and cpu not in avail:
-        note = f" (CPU {cpu} not available, using CPU {avail[-1]})"
-        cpu = avail[-1]
-    if shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)], [], f"taskset -c {cpu}{note}", cpu
-    if hasattr(os, "sched_setaffinity"):
-        return [], ["--pin-self", str(cpu)], (
-            f"os.sched_setaffinity -> CPU {cpu} (taskset not found){note}"
-        ), cpu
-    return [], [], "none (taskset and sched_setaffinity unavailable)", None
 
 
 def run_child(prefix, extra, loop, case, params, args):
@@ -337,23 +296,9 @@ def run_child(prefix, extra, loop, case, params, args):
         "--worker-loop", loop, "--worker-case", case,
         "--params", json.dumps(params), "--repeat", str(args.repeat),
         "--warmup", str(args.warmup), *extra,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout, env=child_env())
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.timeout}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            res = json.loads(line[len(RESULT_MARK):])
-            if "error" in res:
-                res["stderr"] = proc.stderr[-3000:]
-            return res
-    if proc.returncode < 0:
-        err = f"crashed (signal {-proc.returncode})"
-    else:
-        err = f"exited with status {proc.returncode} and no result"
-    return {"error": err, "stderr": proc.stderr[-3000:]}
+    ]  # fmt: skip
+    # TOKIOLOOP_CHILD_WATCHER would pick a non-default watcher: measure the default.
+    return run_worker(cmd, RESULT_MARK, args.timeout, env=child_env(drop=("TOKIOLOOP_CHILD_WATCHER",)))
 
 
 def fmt_rate(x):
@@ -362,25 +307,6 @@ def fmt_rate(x):
     if x >= 100:
         return f"{x:,.0f}"
     return f"{x:.3g}"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def parse_list(value, allowed, what):
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        raise SystemExit(f"unknown {what}: {', '.join(bad)} (choose from {', '.join(allowed)})")
-    return items
 
 
 def main(argv=None):
