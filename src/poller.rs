@@ -1,6 +1,8 @@
 //! I/O readiness for `add_reader`/`add_writer`: a level-triggered epoll set of
 //! our own (the semantics asyncio's selector gives), whose fd is in turn watched
-//! by the tokio runtime's driver while the loop sleeps.
+//! by the tokio runtime's driver while the loop sleeps. Fds that only the
+//! native sock_* operations (src/sock_ops.rs) use are registered
+//! edge-triggered instead and stay registered between waits.
 
 use crate::handles::Handle;
 use crate::sock_ops::Waiter;
@@ -106,6 +108,11 @@ struct Interest {
     // short). False means "an edge will be reported when this changes".
     rd_ready: bool,
     wr_ready: bool,
+    // A hang-up, error or peer shutdown was reported: final states (a read
+    // returns EOF/the error at once from now on) that no further edge announces,
+    // so a short read must not mark the fd "not ready" any more.
+    rd_final: bool,
+    wr_final: bool,
     // Weak reference to the socket object the edge-triggered registration
     // was made for: a different object means the fd may have been closed and
     // reused since, so the registration is verified (MOD, else ADD).
@@ -114,7 +121,9 @@ struct Interest {
     stream: bool,
 }
 
-const ET_MASK: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32;
+const ET_MASK: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+const FINAL_R: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const FINAL_W: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 impl Interest {
     fn has_handles(&self) -> bool {
@@ -167,6 +176,8 @@ pub enum Ready {
 pub struct NativeReady {
     pub fd: RawFd,
     pub write: bool,
+    /// SOCK_STREAM (see Interest::stream).
+    pub stream: bool,
     pub waiter: Waiter,
 }
 
@@ -184,9 +195,32 @@ pub struct NativeState {
     pub wr_ready: bool,
 }
 
+/// Hashes an fd by multiplication: fds are small distinct integers, and
+/// SipHash showed up in profiles of the sock_* hot path.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl std::hash::Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.0 = (n as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FdMap<V> = HashMap<RawFd, V, std::hash::BuildHasherDefault<FdHasher>>;
+
 pub struct Poller {
     pub epoll: std::sync::Arc<EpollFd>,
-    fds: HashMap<RawFd, Interest>,
+    fds: FdMap<Interest>,
     internal_count: usize,
 }
 
@@ -202,7 +236,7 @@ impl Poller {
     pub fn new(epoll: std::sync::Arc<EpollFd>) -> Self {
         Poller {
             epoll,
-            fds: HashMap::new(),
+            fds: FdMap::default(),
             internal_count: 0,
         }
     }
@@ -254,9 +288,12 @@ impl Poller {
         match res {
             Ok(()) => {
                 if want & libc::EPOLLET as u32 != 0 && (have != want || verify) {
-                    // A fresh edge-triggered registration: nothing known yet.
+                    // A fresh edge-triggered registration: nothing known yet
+                    // (the kernel reports the current state as a first event).
                     entry.rd_ready = true;
                     entry.wr_ready = true;
+                    entry.rd_final = false;
+                    entry.wr_final = false;
                 }
                 entry.registered = want;
             }
@@ -429,9 +466,9 @@ impl Poller {
     pub fn note_not_ready(&mut self, fd: RawFd, write: bool) {
         if let Some(entry) = self.fds.get_mut(&fd) {
             if write {
-                entry.wr_ready = false;
+                entry.wr_ready = entry.wr_final;
             } else {
-                entry.rd_ready = false;
+                entry.rd_ready = entry.rd_final;
             }
         }
     }
@@ -576,22 +613,31 @@ impl Poller {
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
             if interest.registered & libc::EPOLLET as u32 != 0 {
+                if bits & FINAL_R != 0 {
+                    interest.rd_final = true;
+                }
+                if bits & FINAL_W != 0 {
+                    interest.wr_final = true;
+                }
                 if readable {
                     interest.rd_ready = true;
                     if let Some(waiter) = interest.native_r.take() {
                         out.push(Ready::Native(NativeReady {
                             fd,
                             write: false,
+                            stream: interest.stream,
                             waiter,
                         }));
                     }
                 }
-                if writable {
+                // A peer's shutdown (EPOLLRDHUP alone) says nothing about writing.
+                if bits & (libc::EPOLLOUT as u32 | FINAL_W) != 0 {
                     interest.wr_ready = true;
                     if let Some(waiter) = interest.native_w.take() {
                         out.push(Ready::Native(NativeReady {
                             fd,
                             write: true,
+                            stream: interest.stream,
                             waiter,
                         }));
                     }
@@ -612,6 +658,7 @@ impl Poller {
                     out.push(Ready::Native(NativeReady {
                         fd,
                         write: false,
+                        stream: interest.stream,
                         waiter,
                     }));
                 }
@@ -627,6 +674,7 @@ impl Poller {
                     out.push(Ready::Native(NativeReady {
                         fd,
                         write: true,
+                        stream: interest.stream,
                         waiter,
                     }));
                 }

@@ -497,6 +497,7 @@ pub fn on_ready(lp: &Bound<'_, CoreLoop>, ready: NativeReady) {
     let NativeReady {
         fd,
         write,
+        stream,
         mut waiter,
     } = ready;
     let done = waiter
@@ -511,19 +512,24 @@ pub fn on_ready(lp: &Bound<'_, CoreLoop>, ready: NativeReady) {
         let _ = this.with_poller(py, |p| p.native_done(fd));
         return;
     }
-    let stream = this.with_poller(py, |p| p.is_stream(fd)).unwrap_or(false);
     let outcome = attempt(py, fd, &mut waiter.op, stream);
     let fut = waiter.fut.clone_ref(py);
     let res = match outcome {
         Attempt::Done(value) => {
-            if let (Op::Recv { n }, true) = (&waiter.op, stream) {
-                let k = value.bind(py).len().unwrap_or(0);
-                if k > 0 && k < *n {
-                    note_not_ready(lp, fd, false);
+            let drained = match (&waiter.op, stream) {
+                (Op::Recv { n }, true) => {
+                    let k = value.bind(py).len().unwrap_or(0);
+                    k > 0 && k < *n
                 }
-            }
+                _ => false,
+            };
             drop(waiter);
-            let _ = this.with_poller(py, |p| p.native_done(fd));
+            let _ = this.with_poller(py, |p| {
+                if drained {
+                    p.note_not_ready(fd, false);
+                }
+                p.native_done(fd)
+            });
             fut.bind(py)
                 .call_method1(intern!(py, "set_result"), (value,))
         }

@@ -263,6 +263,41 @@ def test_transport_fd_refused_like_stdlib():
     assert tl == std == "refused"
 
 
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+@pytest.mark.parametrize("when", ["before", "between", "after"])
+def test_eof_after_short_read_like_stdlib(kind, when):
+    """A short read marks a stream drained, but an EOF (or error) that is
+    already queued is a final state no further edge announces."""
+
+    def scen(lp):
+        a, b = _pair(kind)
+        try:
+
+            async def main():
+                lp.call_later(0.01, b.send, b"response")
+                if when == "before":
+                    lp.call_later(0.01, b.shutdown, socket.SHUT_WR)
+                first = await lp.sock_recv(a, 1024)
+                if when == "between":
+                    b.shutdown(socket.SHUT_WR)
+                    await asyncio.sleep(0.01)
+                elif when == "after":
+                    lp.call_later(0.01, b.shutdown, socket.SHUT_WR)
+                second = await lp.sock_recv(a, 1024)
+                third = await lp.sock_recv(a, 1024)
+                await lp.sock_sendall(a, b"still writable")
+                return first, second, third, b.recv(100)
+
+            return _run(lp, main(), timeout=2)
+        finally:
+            a.close()
+            b.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (b"response", b"", b"", b"still writable")
+    assert tl == std
+
+
 def test_datagrams_are_not_merged_or_stalled(loop):
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
