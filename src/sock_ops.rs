@@ -31,11 +31,15 @@ use pyo3::types::{PyBytes, PyInt, PyType};
 use pyo3::PyTraverseError;
 use std::cell::Cell;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Reads whose result is at most this long are copied out of a per-thread
-/// scratch `bytes` (so `sock_recv(sock, 262144)` does not allocate and shrink
-/// 256 KiB per call); longer results are the scratch object itself, resized.
-const COPY_MAX: usize = 16 * 1024;
+/// scratch `bytes` into an exact-size one; longer results are the scratch
+/// object itself, resized. `sock_recv(sock, 262144)` (asyncio's read size)
+/// would otherwise allocate and shrink 256 KiB per call: above glibc's mmap
+/// threshold (128 KiB until a large block is freed) that is an mmap, page
+/// faults and an munmap per read. The copy of up to 128 KiB is cheaper.
+const COPY_MAX: usize = 128 * 1024;
 /// Largest scratch kept between calls (asyncio's own read size).
 const SCRATCH_MAX: usize = 256 * 1024;
 
@@ -298,11 +302,84 @@ fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResul
     if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
         return Err(PyValueError::new_err("the socket must be non-blocking"));
     }
-    let fd = sock.call_method0(intern!(py, "fileno"))?;
-    Ok(fd
+    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+/// 0: not checked yet, 1: `sock_fd` read from the object matches fileno(),
+/// 2: it did not (never seen; fileno() is used then).
+static FD_LAYOUT: AtomicU8 = AtomicU8::new(0);
+
+/// `sock.fileno()` of a plain socket.socket. CPython's socket object starts
+/// with `PyObject_HEAD; SOCKET_T sock_fd;` (Modules/socketmodule.h, unchanged
+/// for decades); the first open socket seen checks that against fileno(),
+/// and the method call is skipped from then on.
+fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let py = sock.py();
+    // SAFETY: `sock` is exactly socket.socket (checked by the caller), whose
+    // instances are larger than this header (checked via tp_basicsize).
+    let raw = || -> Option<i64> {
+        let ty = sock.get_type();
+        let size = unsafe { (*ty.as_type_ptr()).tp_basicsize } as usize;
+        if size < std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<libc::c_int>() {
+            return None;
+        }
+        let p = unsafe {
+            sock.as_ptr()
+                .cast::<u8>()
+                .add(std::mem::size_of::<ffi::PyObject>())
+                .cast::<libc::c_int>()
+                .read_unaligned()
+        };
+        Some(p as i64)
+    };
+    match FD_LAYOUT.load(Ordering::Relaxed) {
+        1 => {
+            if let Some(fd) = raw() {
+                return Ok(Some(fd));
+            }
+        }
+        2 => {}
+        _ => {
+            let f = sock
+                .call_method0(intern!(py, "fileno"))?
+                .extract::<i64>()
+                .ok();
+            if let Some(f) = f.filter(|f| *f >= 0) {
+                let ok = raw() == Some(f);
+                FD_LAYOUT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            }
+            return Ok(f);
+        }
+    }
+    Ok(sock
+        .call_method0(intern!(py, "fileno"))?
         .extract::<i64>()
-        .ok()
-        .and_then(|fd| RawFd::try_from(fd).ok()))
+        .ok())
+}
+
+static DEFAULT_CREATE_FUTURE: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// `lp.create_future()`; when the loop's class keeps tokioloop's own
+/// create_future (futures.Future(loop=self)), the future is made directly,
+/// without that Python frame.
+fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let (default, fut_type) = DEFAULT_CREATE_FUTURE.get_or_try_init(py, || -> PyResult<_> {
+        let default = py
+            .import("tokioloop._loop")?
+            .getattr("Loop")?
+            .getattr("create_future")?
+            .unbind();
+        let fut_type = py.import("asyncio.futures")?.getattr("Future")?.unbind();
+        Ok((default, fut_type))
+    })?;
+    let method = lp.get_type().getattr(intern!(py, "create_future"))?;
+    if method.is(default.bind(py)) {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), lp)?;
+        return fut_type.bind(py).call((), Some(&kwargs));
+    }
+    lp.call_method0(intern!(py, "create_future"))
 }
 
 /// (readiness known for `fd` registered for `sock`, is it a stream socket).
@@ -341,7 +418,7 @@ fn wait(
     let py = lp.py();
     let this = lp.get();
     this.ensure_fd_no_transport(py, fd)?;
-    let fut = lp.call_method0(intern!(py, "create_future"))?.unbind();
+    let fut = create_future(lp)?.unbind();
     let waiter = Waiter {
         fut: fut.clone_ref(py),
         op,

@@ -647,3 +647,50 @@ def test_sendall_50mb_to_slow_reader(loop):
         a.close()
         b.close()
         th.join(5)
+
+
+def test_overridden_create_future_is_used():
+    import tokioloop
+
+    made = []
+
+    class MyLoop(tokioloop.Loop):
+        def create_future(self):
+            fut = super().create_future()
+            made.append(fut)
+            return fut
+
+    lp = MyLoop()
+    a, b = _pair()
+    try:
+        lp.call_later(0.01, b.send, b"x")
+        assert lp.run_until_complete(lp.sock_recv(a, 10)) == b"x"
+        assert len(made) == 1
+    finally:
+        a.close()
+        b.close()
+        lp.close()
+
+
+def test_debug_mode_round_trips_like_stdlib():
+    def scen(lp):
+        lp.set_debug(True)
+        a, b = _pair("tcp")
+        try:
+
+            async def main():
+                got = []
+                for i in range(20):
+                    lp.call_soon(b.send, b"m%d" % i)
+                    got.append(await lp.sock_recv(a, 100))
+                    await lp.sock_sendall(a, got[-1])
+                await asyncio.sleep(0.01)
+                return got, b.recv(1000)
+
+            return _run(lp, main())
+        finally:
+            a.close()
+            b.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std
