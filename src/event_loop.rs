@@ -378,6 +378,7 @@ impl CoreLoop {
                 Ready::StaleWriter(fd) => {
                     stale.extend(this.state.borrow_mut(py).poller.clear(fd, true))
                 }
+                Ready::Native(ready) => crate::sock_ops::on_ready(slf, ready),
                 Ready::Internal(fd) => {
                     this.drain_wakeup(py, fd);
                     let mut st = this.state.borrow_mut(py);
@@ -663,7 +664,7 @@ impl CoreLoop {
     }
 
     /// asyncio refuses add_reader & co. on an fd that a live transport owns.
-    fn ensure_fd_no_transport(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    pub(crate) fn ensure_fd_no_transport(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let weak = self
             .state
             .borrow_mut(py)
@@ -824,14 +825,30 @@ impl CoreLoop {
         if check_transport {
             this.ensure_fd_no_transport(py, fd)?;
         }
-        let old = this.state.borrow_mut(py).poller.clear(fd, write);
+        let (old, native) = this.state.borrow_mut(py).poller.clear_user(fd, write);
         match old {
             Some(h) => {
                 Handle::cancel_py(h.bind(py))?;
                 Ok(true)
             }
-            None => Ok(false),
+            None => Ok(native.is_some()),
         }
+    }
+
+    /// The poller, for the native sock_* operations (src/sock_ops.rs).
+    pub(crate) fn with_poller<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Poller) -> R,
+    ) -> PyResult<R> {
+        let mut st = self
+            .state
+            .try_borrow_mut(py)
+            .ok_or_else(|| PyRuntimeError::new_err("event loop state is busy (re-entrant call)"))?;
+        if st.closed {
+            return Err(closed_error());
+        }
+        Ok(f(&mut st.poller))
     }
 }
 

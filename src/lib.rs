@@ -17,6 +17,7 @@ mod poller;
 mod pyhelpers;
 mod ready;
 mod remote;
+mod sock_ops;
 mod stream;
 mod timers;
 
@@ -38,6 +39,10 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_recv_into, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_sendall, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_cancel, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

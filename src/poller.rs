@@ -1,8 +1,11 @@
 //! I/O readiness for `add_reader`/`add_writer`: a level-triggered epoll set of
 //! our own (the semantics asyncio's selector gives), whose fd is in turn watched
-//! by the tokio runtime's driver while the loop sleeps.
+//! by the tokio runtime's driver while the loop sleeps. Fds that only the
+//! native sock_* operations (src/sock_ops.rs) use are registered
+//! edge-triggered instead and stay registered between waits.
 
 use crate::handles::Handle;
+use crate::sock_ops::Waiter;
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::io;
@@ -87,18 +90,75 @@ struct Interest {
     writer_obj: Option<Py<PyAny>>,
     // Internal fds (the signal wake-up socket) that have no Python handle.
     internal: bool,
+    // Native sock_recv/sock_sendall waiters (src/sock_ops.rs). A reader Handle
+    // and a native reader exclude each other, as asyncio's sock_recv (an
+    // add_reader underneath) and a user's add_reader replace each other.
+    native_r: Option<Waiter>,
+    native_w: Option<Waiter>,
+    // What the kernel's epoll set holds for this fd (0: not registered). With
+    // Handles (or the internal flag) it is asyncio's level-triggered mask;
+    // with only native waiters it is EPOLLIN|EPOLLOUT|EPOLLET, kept between
+    // waits (see `native_mode`).
+    registered: u32,
+    // Edge-triggered registration: wanted even while no native waiter is
+    // pending, until a remove_reader/remove_writer or a Handle takes over.
+    keep_native: bool,
+    // Readiness as last seen (edge-triggered mode only): set by an event,
+    // cleared when a syscall said EAGAIN (or a stream read/write came back
+    // short). False means "an edge will be reported when this changes".
+    rd_ready: bool,
+    wr_ready: bool,
+    // A hang-up, error or peer shutdown was reported: final states (a read
+    // returns EOF/the error at once from now on) that no further edge announces,
+    // so a short read must not mark the fd "not ready" any more.
+    rd_final: bool,
+    wr_final: bool,
+    // Weak reference to the socket object the edge-triggered registration
+    // was made for: a different object means the fd may have been closed and
+    // reused since, so the registration is verified (MOD, else ADD).
+    owner: Option<Py<PyAny>>,
+    // SOCK_STREAM: a short read/write means the kernel buffer was drained/filled.
+    stream: bool,
 }
 
+const ET_MASK: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+const FINAL_R: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+const FINAL_W: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
 impl Interest {
+    fn has_handles(&self) -> bool {
+        self.reader.is_some() || self.writer.is_some() || self.internal
+    }
+
     fn mask(&self) -> u32 {
         let mut m = 0u32;
-        if self.reader.is_some() || self.internal {
+        if self.reader.is_some() || self.internal || self.native_r.is_some() {
             m |= libc::EPOLLIN as u32;
         }
-        if self.writer.is_some() {
+        if self.writer.is_some() || self.native_w.is_some() {
             m |= libc::EPOLLOUT as u32;
         }
         m
+    }
+
+    /// The registration this entry should have in the kernel.
+    fn desired(&self) -> u32 {
+        if self.has_handles() {
+            self.mask()
+        } else if self.native_r.is_some() || self.native_w.is_some() || self.keep_native {
+            ET_MASK
+        } else {
+            0
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.registered == 0
+            && !self.has_handles()
+            && self.native_r.is_none()
+            && self.native_w.is_none()
+            && self.reader_obj.is_none()
+            && self.writer_obj.is_none()
     }
 }
 
@@ -108,19 +168,75 @@ pub enum Ready {
     StaleReader(RawFd),
     StaleWriter(RawFd),
     Internal(RawFd),
+    /// A native sock_* waiter whose fd became ready (taken out of the poller;
+    /// src/sock_ops.rs completes it or puts it back).
+    Native(NativeReady),
 }
+
+pub struct NativeReady {
+    pub fd: RawFd,
+    pub write: bool,
+    /// SOCK_STREAM (see Interest::stream).
+    pub stream: bool,
+    pub waiter: Waiter,
+}
+
+/// What `install_native` displaced: asyncio cancels the handle a new reader
+/// (writer) replaces; a replaced native waiter's future is left pending, as
+/// the stdlib leaves the future of a replaced sock_recv.
+pub struct Displaced {
+    pub handle: Option<Py<Handle>>,
+    pub waiter: Option<Waiter>,
+}
+
+/// Readiness known for an fd registered edge-triggered for `owner`.
+pub struct NativeState {
+    pub rd_ready: bool,
+    pub wr_ready: bool,
+}
+
+/// Hashes an fd by multiplication: fds are small distinct integers, and
+/// SipHash showed up in profiles of the sock_* hot path.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl std::hash::Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.0 = (n as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FdMap<V> = HashMap<RawFd, V, std::hash::BuildHasherDefault<FdHasher>>;
 
 pub struct Poller {
     pub epoll: std::sync::Arc<EpollFd>,
-    fds: HashMap<RawFd, Interest>,
+    fds: FdMap<Interest>,
     internal_count: usize,
+}
+
+/// Everything `take_all`/`forget_all` removed, dropped by the caller once no
+/// borrow of the loop state is alive.
+pub struct Taken {
+    pub handles: Vec<Py<Handle>>,
+    pub waiters: Vec<Waiter>,
+    pub objects: Vec<Py<PyAny>>,
 }
 
 impl Poller {
     pub fn new(epoll: std::sync::Arc<EpollFd>) -> Self {
         Poller {
             epoll,
-            fds: HashMap::new(),
+            fds: FdMap::default(),
             internal_count: 0,
         }
     }
@@ -134,10 +250,18 @@ impl Poller {
         self.fds.len() > self.internal_count
     }
 
-    fn apply(&mut self, fd: RawFd, old_mask: u32) -> io::Result<()> {
-        let new_mask = self.fds.get(&fd).map(|i| i.mask()).unwrap_or(0);
-        let res = if new_mask == 0 {
-            self.fds.remove(&fd);
+    /// Brings the kernel's registration of `fd` in line with `desired()`.
+    /// `verify`: issue the call even if our record says nothing changes (the
+    /// record may be stale: the fd may have been closed and reused).
+    fn sync(&mut self, fd: RawFd, verify: bool) -> io::Result<()> {
+        let Some(entry) = self.fds.get_mut(&fd) else {
+            return Ok(());
+        };
+        let want = entry.desired();
+        let have = entry.registered;
+        let res = if want == have && !(verify && want != 0) {
+            Ok(())
+        } else if want == 0 {
             match self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
                 // The fd was closed under us; the kernel already forgot it.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => {
@@ -145,23 +269,41 @@ impl Poller {
                 }
                 r => r,
             }
-        } else if old_mask == 0 {
-            match self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, new_mask) {
-                // A closed-and-reused fd number may still be known to us as a stale entry.
+        } else if have == 0 {
+            match self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, want) {
+                // A closed-and-reused fd number may still be known to the kernel.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, new_mask)
+                    self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, want)
                 }
                 r => r,
             }
         } else {
-            match self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, new_mask) {
+            match self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, want) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, new_mask)
+                    self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, want)
                 }
                 r => r,
             }
         };
-        if res.is_err() && old_mask == 0 {
+        match res {
+            Ok(()) => {
+                if want & libc::EPOLLET as u32 != 0 && (have != want || verify) {
+                    // A fresh edge-triggered registration: nothing known yet
+                    // (the kernel reports the current state as a first event).
+                    entry.rd_ready = true;
+                    entry.wr_ready = true;
+                    entry.rd_final = false;
+                    entry.wr_final = false;
+                }
+                entry.registered = want;
+            }
+            Err(_) if want == 0 => entry.registered = 0,
+            Err(_) => {}
+        }
+        if entry.registered == 0 {
+            entry.owner = None;
+        }
+        if entry.is_unused() {
             self.fds.remove(&fd);
         }
         res
@@ -175,15 +317,26 @@ impl Poller {
         write: bool,
     ) -> io::Result<Option<Py<Handle>>> {
         let entry = self.fds.entry(fd).or_default();
-        let old_mask = entry.mask();
+        // A registration kept only for native waiters may be stale (fd reused).
+        let verify = !entry.has_handles();
         let slot = if write {
             &mut entry.writer
         } else {
             &mut entry.reader
         };
         let previous = slot.replace(handle);
-        match self.apply(fd, old_mask) {
-            Ok(()) => Ok(previous),
+        // The handle takes over from a native waiter of the same direction.
+        let native = if write {
+            entry.native_w.take()
+        } else {
+            entry.native_r.take()
+        };
+        entry.keep_native = false;
+        match self.sync(fd, verify) {
+            Ok(()) => {
+                drop(native);
+                Ok(previous)
+            }
             Err(e) => {
                 if let Some(entry) = self.fds.get_mut(&fd) {
                     let slot = if write {
@@ -192,7 +345,13 @@ impl Poller {
                         &mut entry.reader
                     };
                     *slot = previous;
+                    if write {
+                        entry.native_w = native;
+                    } else {
+                        entry.native_r = native;
+                    }
                 }
+                let _ = self.sync(fd, false);
                 Err(e)
             }
         }
@@ -206,15 +365,40 @@ impl Poller {
         } else {
             entry.reader_obj = None;
         }
-        let old_mask = entry.mask();
         let slot = if write {
             &mut entry.writer
         } else {
             &mut entry.reader
         };
-        let previous = slot.take()?;
-        let _ = self.apply(fd, old_mask);
-        Some(previous)
+        let previous = slot.take();
+        if previous.is_none() {
+            if entry.is_unused() {
+                self.fds.remove(&fd);
+            }
+            return None;
+        }
+        let _ = self.sync(fd, false);
+        previous
+    }
+
+    /// The user's remove_reader/remove_writer: also drops a native waiter of
+    /// that direction (the stdlib's sock_recv is an add_reader, which
+    /// remove_reader cancels), and forgets a registration kept for native
+    /// waiters, so a caller that unregisters before closing leaves nothing
+    /// behind in the kernel. Returns the handle and whether a waiter was dropped.
+    pub fn clear_user(&mut self, fd: RawFd, write: bool) -> (Option<Py<Handle>>, Option<Waiter>) {
+        let Some(entry) = self.fds.get_mut(&fd) else {
+            return (None, None);
+        };
+        let waiter = if write {
+            entry.native_w.take()
+        } else {
+            entry.native_r.take()
+        };
+        entry.keep_native = false;
+        let handle = self.clear(fd, write);
+        let _ = self.sync(fd, false);
+        (handle, waiter)
     }
 
     pub fn get(&self, py: Python<'_>, fd: RawFd, write: bool) -> Option<Py<Handle>> {
@@ -225,36 +409,241 @@ impl Poller {
 
     pub fn add_internal(&mut self, fd: RawFd) -> io::Result<()> {
         let entry = self.fds.entry(fd).or_default();
-        let old_mask = entry.mask();
+        let verify = !entry.has_handles();
         if !entry.internal {
             entry.internal = true;
             self.internal_count += 1;
         }
-        self.apply(fd, old_mask)
+        let res = self.sync(fd, verify);
+        if res.is_err() {
+            if let Some(entry) = self.fds.get_mut(&fd) {
+                if entry.internal {
+                    entry.internal = false;
+                    self.internal_count -= 1;
+                }
+            }
+            let _ = self.sync(fd, false);
+        }
+        res
     }
 
     pub fn remove_internal(&mut self, fd: RawFd) {
         if let Some(entry) = self.fds.get_mut(&fd) {
-            let old_mask = entry.mask();
             if entry.internal {
                 entry.internal = false;
                 self.internal_count -= 1;
             }
-            let _ = self.apply(fd, old_mask);
+            let _ = self.sync(fd, false);
         }
+    }
+
+    // ---- native waiters (src/sock_ops.rs) ----
+
+    /// Readiness of `fd` if it is registered edge-triggered for exactly
+    /// `sock` (so the record can be trusted); None otherwise.
+    pub fn native_state(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+    ) -> Option<NativeState> {
+        let entry = self.fds.get(&fd)?;
+        if entry.registered & libc::EPOLLET as u32 == 0 {
+            return None;
+        }
+        let owner = entry.owner.as_ref()?;
+        if !is_owner(py, owner, sock) {
+            return None;
+        }
+        Some(NativeState {
+            rd_ready: entry.rd_ready,
+            wr_ready: entry.wr_ready,
+        })
+    }
+
+    /// Records what a syscall on `fd` learnt: the direction is not ready (an
+    /// edge will tell when it becomes so).
+    pub fn note_not_ready(&mut self, fd: RawFd, write: bool) {
+        if let Some(entry) = self.fds.get_mut(&fd) {
+            if write {
+                entry.wr_ready = entry.wr_final;
+            } else {
+                entry.rd_ready = entry.rd_final;
+            }
+        }
+    }
+
+    /// Whether the fd's socket is known to be a stream socket.
+    pub fn is_stream(&self, fd: RawFd) -> bool {
+        self.fds.get(&fd).map(|e| e.stream).unwrap_or(false)
+    }
+
+    /// Makes `waiter` the native reader (writer) of `fd`, registering the fd
+    /// edge-triggered (or in asyncio's mask if Handles share it). `sock`: the
+    /// socket object (None when putting back a waiter that found EAGAIN).
+    pub fn install_native(
+        &mut self,
+        py: Python<'_>,
+        fd: RawFd,
+        waiter: Waiter,
+        write: bool,
+        sock: Option<&Bound<'_, PyAny>>,
+    ) -> Result<Displaced, (io::Error, Waiter)> {
+        let entry = self.fds.entry(fd).or_default();
+        let mut verify = false;
+        if let Some(sock) = sock {
+            let same = entry
+                .owner
+                .as_ref()
+                .map(|o| is_owner(py, o, sock))
+                .unwrap_or(false);
+            if !same {
+                verify = true;
+                entry.owner = pyo3::types::PyWeakrefReference::new(sock)
+                    .ok()
+                    .map(|w| w.into_any().unbind());
+                entry.stream = sock_is_stream(fd);
+            }
+        } else if entry.registered == 0 {
+            verify = true;
+        }
+        let (handle, obj) = if write {
+            (entry.writer.take(), entry.writer_obj.take())
+        } else {
+            (entry.reader.take(), entry.reader_obj.take())
+        };
+        drop(obj);
+        let slot = if write {
+            &mut entry.native_w
+        } else {
+            &mut entry.native_r
+        };
+        let old = slot.replace(waiter);
+        entry.keep_native = true;
+        match self.sync(fd, verify) {
+            Ok(()) => Ok(Displaced {
+                handle,
+                waiter: old,
+            }),
+            Err(e) => {
+                let mut back = None;
+                if let Some(entry) = self.fds.get_mut(&fd) {
+                    let slot = if write {
+                        &mut entry.native_w
+                    } else {
+                        &mut entry.native_r
+                    };
+                    back = std::mem::replace(slot, old);
+                    if write {
+                        entry.writer = handle;
+                    } else {
+                        entry.reader = handle;
+                    }
+                    entry.keep_native = false;
+                }
+                let _ = self.sync(fd, false);
+                match back {
+                    Some(w) => Err((e, w)),
+                    // Cannot happen: the slot held our waiter.
+                    None => Ok(Displaced {
+                        handle: None,
+                        waiter: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A native waiter taken out by `dispatch` finished (or was dropped): in
+    /// asyncio's level-triggered mode the interest goes (as the stdlib's
+    /// sock_recv removes its reader); edge-triggered registrations stay.
+    pub fn native_done(&mut self, fd: RawFd) {
+        let _ = self.sync(fd, false);
+    }
+
+    /// Drops the native waiter of `fd` whose future is `fut` (a cancelled
+    /// sock_* call). With `fd` None (socket closed since), searches all fds.
+    pub fn cancel_native(
+        &mut self,
+        py: Python<'_>,
+        fd: Option<RawFd>,
+        fut: &Bound<'_, PyAny>,
+    ) -> Vec<Waiter> {
+        let mut out = Vec::new();
+        let mut touched = Vec::new();
+        let mut check = |fd: RawFd, entry: &mut Interest| {
+            for slot in [&mut entry.native_r, &mut entry.native_w] {
+                if slot
+                    .as_ref()
+                    .map(|w| w.fut.bind(py).is(fut))
+                    .unwrap_or(false)
+                {
+                    out.extend(slot.take());
+                    touched.push(fd);
+                }
+            }
+        };
+        match fd {
+            Some(fd) => {
+                if let Some(entry) = self.fds.get_mut(&fd) {
+                    check(fd, entry);
+                }
+            }
+            None => {
+                for (fd, entry) in self.fds.iter_mut() {
+                    check(*fd, entry);
+                }
+            }
+        }
+        for fd in touched {
+            let _ = self.sync(fd, false);
+        }
+        out
     }
 
     /// Translates raw epoll events into work for the loop. An error or hang-up
     /// wakes both directions, as selectors.EpollSelector reports it.
-    pub fn dispatch(&self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
+    pub fn dispatch(&mut self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
         for ev in events {
             let fd = ev.u64 as RawFd;
-            let Some(interest) = self.fds.get(&fd) else {
+            let Some(interest) = self.fds.get_mut(&fd) else {
                 continue;
             };
             let bits = ev.events;
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
+            if interest.registered & libc::EPOLLET as u32 != 0 {
+                if bits & FINAL_R != 0 {
+                    interest.rd_final = true;
+                }
+                if bits & FINAL_W != 0 {
+                    interest.wr_final = true;
+                }
+                if readable {
+                    interest.rd_ready = true;
+                    if let Some(waiter) = interest.native_r.take() {
+                        out.push(Ready::Native(NativeReady {
+                            fd,
+                            write: false,
+                            stream: interest.stream,
+                            waiter,
+                        }));
+                    }
+                }
+                // A peer's shutdown (EPOLLRDHUP alone) says nothing about writing.
+                if bits & (libc::EPOLLOUT as u32 | FINAL_W) != 0 {
+                    interest.wr_ready = true;
+                    if let Some(waiter) = interest.native_w.take() {
+                        out.push(Ready::Native(NativeReady {
+                            fd,
+                            write: true,
+                            stream: interest.stream,
+                            waiter,
+                        }));
+                    }
+                }
+                continue;
+            }
             if interest.internal && readable {
                 out.push(Ready::Internal(fd));
             }
@@ -265,6 +654,13 @@ impl Poller {
                     } else {
                         out.push(Ready::Callback(r.clone_ref(py)));
                     }
+                } else if let Some(waiter) = interest.native_r.take() {
+                    out.push(Ready::Native(NativeReady {
+                        fd,
+                        write: false,
+                        stream: interest.stream,
+                        waiter,
+                    }));
                 }
             }
             if writable {
@@ -274,6 +670,13 @@ impl Poller {
                     } else {
                         out.push(Ready::Callback(w.clone_ref(py)));
                     }
+                } else if let Some(waiter) = interest.native_w.take() {
+                    out.push(Ready::Native(NativeReady {
+                        fd,
+                        write: true,
+                        stream: interest.stream,
+                        waiter,
+                    }));
                 }
             }
         }
@@ -306,28 +709,70 @@ impl Poller {
         })
     }
 
+    fn drain_into(&mut self, out: &mut Taken, deregister: bool) {
+        self.internal_count = 0;
+        for (fd, i) in self.fds.drain() {
+            if deregister && i.registered != 0 {
+                let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+            }
+            out.handles.extend(i.reader);
+            out.handles.extend(i.writer);
+            out.waiters.extend(i.native_r);
+            out.waiters.extend(i.native_w);
+            out.objects.extend(i.reader_obj);
+            out.objects.extend(i.writer_obj);
+            out.objects.extend(i.owner);
+        }
+    }
+
     /// Like take_all, but without touching the kernel's epoll set: in a forked
     /// child that set is shared with the parent, which still uses it.
-    pub fn forget_all(&mut self) -> Vec<Py<Handle>> {
-        self.internal_count = 0;
-        let mut out = Vec::new();
-        for (_, i) in self.fds.drain() {
-            out.extend(i.reader);
-            out.extend(i.writer);
-        }
+    pub fn forget_all(&mut self) -> Taken {
+        let mut out = Taken {
+            handles: Vec::new(),
+            waiters: Vec::new(),
+            objects: Vec::new(),
+        };
+        self.drain_into(&mut out, false);
         out
     }
 
-    pub fn take_all(&mut self) -> Vec<Py<Handle>> {
-        let mut out = Vec::new();
-        self.internal_count = 0;
-        for (fd, i) in self.fds.drain() {
-            let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0);
-            out.extend(i.reader);
-            out.extend(i.writer);
-        }
+    pub fn take_all(&mut self) -> Taken {
+        let mut out = Taken {
+            handles: Vec::new(),
+            waiters: Vec::new(),
+            objects: Vec::new(),
+        };
+        self.drain_into(&mut out, true);
         out
     }
+}
+
+fn is_owner(py: Python<'_>, owner: &Py<PyAny>, sock: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::PyWeakrefMethods;
+    // SAFETY: `owner` is only ever set from PyWeakrefReference::new.
+    let weak = unsafe {
+        owner
+            .bind(py)
+            .cast_unchecked::<pyo3::types::PyWeakrefReference>()
+    };
+    weak.upgrade().map(|o| o.is(sock)).unwrap_or(false)
+}
+
+fn sock_is_stream(fd: RawFd) -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `ty`/`len` are valid out-parameters of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && ty == libc::SOCK_STREAM
 }
 
 impl Poller {
@@ -337,6 +782,10 @@ impl Poller {
             visit.call(&i.writer)?;
             visit.call(&i.reader_obj)?;
             visit.call(&i.writer_obj)?;
+            visit.call(&i.owner)?;
+            for w in [&i.native_r, &i.native_w].into_iter().flatten() {
+                w.traverse(visit)?;
+            }
         }
         Ok(())
     }

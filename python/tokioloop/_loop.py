@@ -19,13 +19,14 @@ import threading
 import warnings
 import weakref
 
-from asyncio import constants, coroutines, events, futures, tasks
+from asyncio import constants, coroutines, events, exceptions, futures, tasks
 from asyncio import base_events as _base_events
 from asyncio.log import logger
 
 from ._net import NetworkMixin
 from ._subprocess import SubprocessMixin
 from ._tokioloop import CoreLoop, Handle
+from ._tokioloop import _sock_cancel, _sock_recv, _sock_recv_into, _sock_sendall
 
 _SSLSocket = None
 try:
@@ -553,7 +554,37 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
             else:
                 self.remove_reader(fd)
 
+    # sock_recv, sock_recv_into and sock_sendall run natively (src/sock_ops.rs)
+    # for plain socket.socket objects: the Rust side tries the syscall and
+    # returns its result, or a future it completes when the fd is ready, or
+    # NotImplemented for anything else (SSL sockets, duck-typed objects,
+    # unusual arguments), which takes the pure-Python path below.
+
     async def sock_recv(self, sock, n):
+        r = _sock_recv(self, sock, n)
+        if type(r) is bytes:
+            return r
+        if r is NotImplemented:
+            return await self._sock_recv_py(sock, n)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def sock_recv_into(self, sock, buf):
+        r = _sock_recv_into(self, sock, buf)
+        if type(r) is int:
+            return r
+        if r is NotImplemented:
+            return await self._sock_recv_into_py(sock, buf)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_recv_py(self, sock, n):
         self._check_nonblocking(sock)
         try:
             return sock.recv(n)
@@ -561,7 +592,7 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
             pass
         return await self._wait_io(sock, False, lambda: sock.recv(n))
 
-    async def sock_recv_into(self, sock, buf):
+    async def _sock_recv_into_py(self, sock, buf):
         self._check_nonblocking(sock)
         try:
             return sock.recv_into(buf)
@@ -588,6 +619,18 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return await self._wait_io(sock, False, lambda: sock.recvfrom_into(buf, nbytes))
 
     async def sock_sendall(self, sock, data):
+        r = _sock_sendall(self, sock, data)
+        if r is None:
+            return
+        if r is NotImplemented:
+            return await self._sock_sendall_py(sock, data)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_sendall_py(self, sock, data):
         self._check_nonblocking(sock)
         try:
             sent = sock.send(data)

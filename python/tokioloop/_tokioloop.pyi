@@ -9,11 +9,29 @@ from typing_extensions import Self, disjoint_base
 
 _Ts = TypeVarTuple("_Ts")
 
-__all__ = ["CoreLoop", "Handle", "TimerHandle", "StreamTransport", "__version__", "_panic_for_tests"]
+__all__ = [
+    "CoreLoop",
+    "Handle",
+    "TimerHandle",
+    "StreamTransport",
+    "__version__",
+    "_panic_for_tests",
+    "_sock_recv",
+    "_sock_recv_into",
+    "_sock_sendall",
+    "_sock_cancel",
+]
 __version__: str
 
-def _panic_for_tests(message: str) -> None:
-    """Test hook: a Rust panic on purpose (it reaches Python as PanicException)."""
+# Native sock_* operations (src/sock_ops.rs): the result now, a future of it,
+# or NotImplemented (the caller then takes the pure-Python path).
+def _sock_recv(lp: CoreLoop, sock: Any, n: Any) -> Any: ...
+def _sock_recv_into(lp: CoreLoop, sock: Any, buf: Any) -> Any: ...
+def _sock_sendall(lp: CoreLoop, sock: Any, data: Any) -> Any: ...
+def _sock_cancel(lp: CoreLoop, sock: Any, fut: Any) -> None: ...
+
+# Test hook: panics in Rust on purpose (reaches Python as PanicException).
+def _panic_for_tests(message: str) -> None: ...
 
 @disjoint_base
 class Handle:

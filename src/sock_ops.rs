@@ -1,0 +1,646 @@
+//! Native `sock_recv`, `sock_recv_into` and `sock_sendall`.
+//!
+//! The Python coroutines in `_loop.py` call these functions, which try the
+//! syscall at once and, if it would block, return a future completed from
+//! `CoreLoop::run_once` (poller `Ready::Native`) when the fd is ready: the
+//! syscall runs there, in Rust, and its result or `OSError` settles the
+//! future. No Handle, no Python callback, no epoll_ctl per wait: an fd that
+//! only native waiters use is registered once, edge-triggered (as tokio
+//! does), and stays registered between waits; readiness is tracked per fd so
+//! a call that knows the socket is drained waits without a failing syscall.
+//!
+//! Semantics follow asyncio's selector loop: the same checks and errors (an
+//! OSError subclass from errno), a waiter is skipped without touching the
+//! socket once its future is done (cancelled), a user `add_reader` replaces a
+//! pending `sock_recv` (its future stays pending, as in the stdlib) and
+//! `remove_reader` drops it. Anything that is not a plain `socket.socket`
+//! (subclasses such as `ssl.SSLSocket`, duck-typed objects) or arguments of
+//! unusual types return `NotImplemented`, and the caller takes the
+//! pure-Python path, so the stdlib's exact messages stay.
+
+use crate::event_loop::CoreLoop;
+use crate::handles::Handle;
+use crate::poller::NativeReady;
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyInt, PyType};
+use pyo3::PyTraverseError;
+use std::cell::Cell;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Reads whose result is at most this long are copied out of a per-thread
+/// scratch `bytes` into an exact-size one; longer results are the scratch
+/// object itself, resized. `sock_recv(sock, 262144)` (asyncio's read size)
+/// would otherwise allocate and shrink 256 KiB per call: above glibc's mmap
+/// threshold (128 KiB until a large block is freed) that is an mmap, page
+/// faults and an munmap per read. The copy of up to 128 KiB is cheaper.
+const COPY_MAX: usize = 128 * 1024;
+/// Largest scratch kept between calls (asyncio's own read size).
+const SCRATCH_MAX: usize = 256 * 1024;
+
+thread_local! {
+    // A bytes object of refcount 1 owned by this thread, never exposed to
+    // Python code while it is here. Deliberately no destructor: a thread's
+    // scratch (at most SCRATCH_MAX) is leaked when the thread exits, since
+    // the interpreter may be gone by then.
+    static SCRATCH: Cell<*mut ffi::PyObject> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" {
+    // Exported by every CPython we support (3.11+), not declared by pyo3-ffi.
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+/// A buffer export (PyObject_GetBuffer) held while a sock_sendall waits, as
+/// the stdlib holds a memoryview of the data.
+struct PyBuf(Box<ffi::Py_buffer>);
+
+// SAFETY: the view is only used and released with the GIL held (see Drop).
+unsafe impl Send for PyBuf {}
+
+impl PyBuf {
+    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<PyBuf> {
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: a zeroed Py_buffer is a valid out-parameter; on success it
+        // holds an export that Drop releases exactly once.
+        unsafe {
+            let mut view: Box<ffi::Py_buffer> = Box::new(std::mem::zeroed());
+            if ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) != 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            Ok(PyBuf(view))
+        }
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.0.buf.cast()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len.max(0) as usize
+    }
+}
+
+impl Drop for PyBuf {
+    fn drop(&mut self) {
+        // SAFETY: the view holds a live export; releasing needs the GIL.
+        Python::attach(|_| unsafe { ffi::PyBuffer_Release(&mut *self.0) });
+    }
+}
+
+enum Op {
+    Recv { n: usize },
+    RecvInto { buf: Py<PyAny> },
+    SendAll { data: PyBuf, pos: usize },
+}
+
+/// A pending native operation: the future to settle and what to do when the
+/// fd is ready. Lives in the poller (src/poller.rs) until then.
+pub struct Waiter {
+    pub fut: Py<PyAny>,
+    op: Op,
+}
+
+impl Waiter {
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.fut)?;
+        if let Op::RecvInto { buf } = &self.op {
+            visit.call(buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// The OSError (subclass) Python's socket module raises for `errno`.
+fn os_error(errno: i32) -> PyErr {
+    let msg = std::io::Error::from_raw_os_error(errno).to_string();
+    let msg = match msg.rfind(" (os error ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    PyOSError::new_err((errno, msg))
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn would_block(e: i32) -> bool {
+    e == libc::EAGAIN || e == libc::EWOULDBLOCK
+}
+
+/// Outcome of one non-blocking attempt.
+enum Attempt {
+    Done(Py<PyAny>),
+    /// Would block; `short`: a stream transfer came back short (the kernel
+    /// buffer is drained/full now) rather than with EAGAIN.
+    Again,
+    Failed(PyErr),
+}
+
+/// recv(2) into a fresh bytes object of the exact size (see COPY_MAX).
+fn recv_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+) -> Result<(Bound<'_, PyBytes>, usize), Result<i32, PyErr>> {
+    if n == 0 {
+        // As the socket module: no syscall at all.
+        return Ok((PyBytes::new(py, b""), 0));
+    }
+    let scratch = n <= SCRATCH_MAX;
+    let mut obj = if scratch {
+        SCRATCH.with(|c| c.replace(std::ptr::null_mut()))
+    } else {
+        std::ptr::null_mut()
+    };
+    // SAFETY: `obj` is null or our refcount-1 bytes object; every path below
+    // either stores it back, hands it out as an owned reference, or drops it.
+    unsafe {
+        if !obj.is_null() && (ffi::PyBytes_Size(obj) as usize) < n {
+            ffi::Py_DECREF(obj);
+            obj = std::ptr::null_mut();
+        }
+        if obj.is_null() {
+            obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
+            if obj.is_null() {
+                return Err(Err(PyErr::fetch(py)));
+            }
+        }
+        let ptr = ffi::PyBytes_AsString(obj).cast::<u8>();
+        let put_back = |obj: *mut ffi::PyObject| {
+            if scratch {
+                SCRATCH.with(|c| c.set(obj));
+            } else {
+                ffi::Py_DECREF(obj);
+            }
+        };
+        let k = loop {
+            let r = libc::recv(fd, ptr.cast(), n, libc::MSG_DONTWAIT);
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = errno();
+            if e != libc::EINTR {
+                put_back(obj);
+                return Err(Ok(e));
+            }
+            if let Err(err) = py.check_signals() {
+                put_back(obj);
+                return Err(Err(err));
+            }
+        };
+        if scratch && k <= COPY_MAX {
+            let out = PyBytes::new(py, std::slice::from_raw_parts(ptr, k));
+            put_back(obj);
+            return Ok((out, k));
+        }
+        if k != n && _PyBytes_Resize(&mut obj, k as ffi::Py_ssize_t) != 0 {
+            return Err(Err(PyErr::fetch(py)));
+        }
+        Ok((
+            Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>(),
+            k,
+        ))
+    }
+}
+
+/// One attempt of `op` on `fd`; `stream`: a short transfer means "not ready".
+fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
+    match op {
+        Op::Recv { n } => match recv_bytes(py, fd, *n) {
+            Ok((b, k)) => {
+                let _ = (stream, k);
+                Attempt::Done(b.into_any().unbind())
+            }
+            Err(Ok(e)) if would_block(e) => Attempt::Again,
+            Err(Ok(e)) => Attempt::Failed(os_error(e)),
+            Err(Err(err)) => Attempt::Failed(err),
+        },
+        Op::RecvInto { buf } => {
+            let view = match PyBuf::get(buf.bind(py), true) {
+                Ok(v) => v,
+                Err(e) => return Attempt::Failed(e),
+            };
+            loop {
+                // SAFETY: the export keeps `len` writable bytes at `ptr` alive.
+                let r =
+                    unsafe { libc::recv(fd, view.ptr().cast(), view.len(), libc::MSG_DONTWAIT) };
+                if r >= 0 {
+                    return Attempt::Done(PyInt::new(py, r).into_any().unbind());
+                }
+                let e = errno();
+                if would_block(e) {
+                    return Attempt::Again;
+                }
+                if e != libc::EINTR {
+                    return Attempt::Failed(os_error(e));
+                }
+                if let Err(err) = py.check_signals() {
+                    return Attempt::Failed(err);
+                }
+            }
+        }
+        Op::SendAll { data, pos } => loop {
+            let len = data.len();
+            if *pos >= len {
+                return Attempt::Done(py.None());
+            }
+            let rest = len - *pos;
+            // SAFETY: the export keeps `len` readable bytes at `ptr` alive.
+            let r =
+                unsafe { libc::send(fd, data.ptr().add(*pos).cast(), rest, libc::MSG_DONTWAIT) };
+            if r >= 0 {
+                *pos += r as usize;
+                if *pos < len && stream {
+                    // The send buffer is full: an edge comes when it drains.
+                    return Attempt::Again;
+                }
+                continue;
+            }
+            let e = errno();
+            if would_block(e) {
+                return Attempt::Again;
+            }
+            if e != libc::EINTR {
+                return Attempt::Failed(os_error(e));
+            }
+            if let Err(err) = py.check_signals() {
+                return Attempt::Failed(err);
+            }
+        },
+    }
+}
+
+static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
+/// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
+fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = lp.py();
+    let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        Ok(py
+            .import("socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?
+            .unbind())
+    })?;
+    if !sock.get_type().is(ty.bind(py)) {
+        return Ok(None);
+    }
+    if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+/// 0: not checked yet, 1: `sock_fd` read from the object matches fileno(),
+/// 2: it did not (never seen; fileno() is used then).
+static FD_LAYOUT: AtomicU8 = AtomicU8::new(0);
+
+/// `sock.fileno()` of a plain socket.socket. CPython's socket object starts
+/// with `PyObject_HEAD; SOCKET_T sock_fd;` (Modules/socketmodule.h, unchanged
+/// for decades); the first open socket seen checks that against fileno(),
+/// and the method call is skipped from then on.
+fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let py = sock.py();
+    // SAFETY: `sock` is exactly socket.socket (checked by the caller), whose
+    // instances are larger than this header (checked via tp_basicsize).
+    let raw = || -> Option<i64> {
+        let ty = sock.get_type();
+        let size = unsafe { (*ty.as_type_ptr()).tp_basicsize } as usize;
+        if size < std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<libc::c_int>() {
+            return None;
+        }
+        let p = unsafe {
+            sock.as_ptr()
+                .cast::<u8>()
+                .add(std::mem::size_of::<ffi::PyObject>())
+                .cast::<libc::c_int>()
+                .read_unaligned()
+        };
+        Some(p as i64)
+    };
+    match FD_LAYOUT.load(Ordering::Relaxed) {
+        1 => {
+            if let Some(fd) = raw() {
+                return Ok(Some(fd));
+            }
+        }
+        2 => {}
+        _ => {
+            let f = sock
+                .call_method0(intern!(py, "fileno"))?
+                .extract::<i64>()
+                .ok();
+            if let Some(f) = f.filter(|f| *f >= 0) {
+                let ok = raw() == Some(f);
+                FD_LAYOUT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            }
+            return Ok(f);
+        }
+    }
+    Ok(sock
+        .call_method0(intern!(py, "fileno"))?
+        .extract::<i64>()
+        .ok())
+}
+
+static DEFAULT_CREATE_FUTURE: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// `lp.create_future()`; when the loop's class keeps tokioloop's own
+/// create_future (futures.Future(loop=self)), the future is made directly,
+/// without that Python frame.
+fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let (default, fut_type) = DEFAULT_CREATE_FUTURE.get_or_try_init(py, || -> PyResult<_> {
+        let default = py
+            .import("tokioloop._loop")?
+            .getattr("Loop")?
+            .getattr("create_future")?
+            .unbind();
+        let fut_type = py.import("asyncio.futures")?.getattr("Future")?.unbind();
+        Ok((default, fut_type))
+    })?;
+    let method = lp.get_type().getattr(intern!(py, "create_future"))?;
+    if method.is(default.bind(py)) {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), lp)?;
+        return fut_type.bind(py).call((), Some(&kwargs));
+    }
+    lp.call_method0(intern!(py, "create_future"))
+}
+
+/// (readiness known for `fd` registered for `sock`, is it a stream socket).
+fn known_state(
+    lp: &Bound<'_, CoreLoop>,
+    fd: RawFd,
+    sock: &Bound<'_, PyAny>,
+    write: bool,
+) -> (bool, bool) {
+    let py = lp.py();
+    lp.get()
+        .with_poller(py, |p| {
+            let ready = p
+                .native_state(py, fd, sock)
+                .map(|s| if write { s.wr_ready } else { s.rd_ready })
+                .unwrap_or(true);
+            (ready, p.is_stream(fd))
+        })
+        .unwrap_or((true, false))
+}
+
+fn note_not_ready(lp: &Bound<'_, CoreLoop>, fd: RawFd, write: bool) {
+    let _ = lp
+        .get()
+        .with_poller(lp.py(), |p| p.note_not_ready(fd, write));
+}
+
+/// Creates the future and parks `op` in the poller until `fd` is ready.
+fn wait(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    op: Op,
+    write: bool,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let this = lp.get();
+    this.ensure_fd_no_transport(py, fd)?;
+    let fut = create_future(lp)?.unbind();
+    let waiter = Waiter {
+        fut: fut.clone_ref(py),
+        op,
+    };
+    let displaced =
+        this.with_poller(py, |p| p.install_native(py, fd, waiter, write, Some(sock)))?;
+    match displaced {
+        Ok(d) => {
+            drop(d.waiter);
+            if let Some(h) = d.handle {
+                Handle::cancel_py(h.bind(py))?;
+            }
+            Ok(fut)
+        }
+        Err((e, w)) => {
+            drop(w);
+            Err(os_error(e.raw_os_error().unwrap_or(libc::EIO)))
+        }
+    }
+}
+
+fn not_implemented(py: Python<'_>) -> Py<PyAny> {
+    py.NotImplemented()
+}
+
+/// `sock.recv(n)` now (bytes), or a future of it; NotImplemented: use the
+/// Python implementation.
+#[pyfunction]
+pub fn _sock_recv(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    n: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    if !n.is_exact_instance_of::<PyInt>() {
+        return Ok(not_implemented(py));
+    }
+    let Ok(n) = n.extract::<usize>() else {
+        return Ok(not_implemented(py));
+    };
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    if n == 0 {
+        return Ok(PyBytes::new(py, b"").into_any().unbind());
+    }
+    let (ready, stream) = known_state(lp, fd, sock, false);
+    if ready {
+        match recv_bytes(py, fd, n) {
+            Ok((b, k)) => {
+                if stream && k > 0 && k < n {
+                    note_not_ready(lp, fd, false);
+                }
+                return Ok(b.into_any().unbind());
+            }
+            Err(Ok(e)) if would_block(e) => note_not_ready(lp, fd, false),
+            Err(Ok(e)) => return Err(os_error(e)),
+            Err(Err(err)) => return Err(err),
+        }
+    }
+    wait(lp, sock, fd, Op::Recv { n }, false)
+}
+
+/// `sock.recv_into(buf)` now (int), or a future of it; NotImplemented: use
+/// the Python implementation.
+#[pyfunction]
+pub fn _sock_recv_into(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    // A buffer the socket module would refuse: its own error message, please.
+    if PyBuf::get(buf, true).is_err() {
+        return Ok(not_implemented(py));
+    }
+    let (ready, stream) = known_state(lp, fd, sock, false);
+    let mut op = Op::RecvInto {
+        buf: buf.clone().unbind(),
+    };
+    if ready {
+        match attempt(py, fd, &mut op, stream) {
+            Attempt::Done(r) => return Ok(r),
+            Attempt::Again => note_not_ready(lp, fd, false),
+            Attempt::Failed(e) => return Err(e),
+        }
+    }
+    wait(lp, sock, fd, op, false)
+}
+
+/// Sends all of `data` now (None), or returns a future of the rest being
+/// sent; NotImplemented: use the Python implementation.
+#[pyfunction]
+pub fn _sock_sendall(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    let Ok(view) = PyBuf::get(data, false) else {
+        return Ok(not_implemented(py));
+    };
+    let (ready, stream) = known_state(lp, fd, sock, true);
+    let mut op = Op::SendAll { data: view, pos: 0 };
+    if ready {
+        match attempt(py, fd, &mut op, stream) {
+            Attempt::Done(r) => return Ok(r),
+            Attempt::Again => note_not_ready(lp, fd, true),
+            Attempt::Failed(e) => return Err(e),
+        }
+    }
+    wait(lp, sock, fd, op, true)
+}
+
+/// Drops the waiter of a cancelled native sock_* call (its future `fut`),
+/// releasing what it holds (e.g. sock_sendall's buffer export) at once.
+#[pyfunction]
+pub fn _sock_cancel(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    fut: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = lp.py();
+    let fd = sock
+        .call_method0(intern!(py, "fileno"))
+        .ok()
+        .and_then(|f| f.extract::<i64>().ok())
+        .and_then(|f| RawFd::try_from(f).ok())
+        .filter(|f| *f >= 0);
+    let dropped = lp.get().with_poller(py, |p| {
+        let mut found = p.cancel_native(py, fd, fut);
+        if found.is_empty() && fd.is_some() {
+            // The socket object may now wrap another fd (detach/dup tricks).
+            found = p.cancel_native(py, None, fut);
+        }
+        found
+    });
+    drop(dropped);
+    Ok(())
+}
+
+/// A native waiter's fd is ready (called by the run loop with no borrow of
+/// the loop state alive): do the syscall, settle the future, or wait again.
+pub fn on_ready(lp: &Bound<'_, CoreLoop>, ready: NativeReady) {
+    let py = lp.py();
+    let this = lp.get();
+    let NativeReady {
+        fd,
+        write,
+        stream,
+        mut waiter,
+    } = ready;
+    let done = waiter
+        .fut
+        .bind(py)
+        .call_method0(intern!(py, "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true);
+    if done {
+        // Cancelled meanwhile: asyncio leaves the socket untouched.
+        drop(waiter);
+        let _ = this.with_poller(py, |p| p.native_done(fd));
+        return;
+    }
+    let outcome = attempt(py, fd, &mut waiter.op, stream);
+    let fut = waiter.fut.clone_ref(py);
+    let res = match outcome {
+        Attempt::Done(value) => {
+            let drained = match (&waiter.op, stream) {
+                (Op::Recv { n }, true) => {
+                    let k = value.bind(py).len().unwrap_or(0);
+                    k > 0 && k < *n
+                }
+                _ => false,
+            };
+            drop(waiter);
+            let _ = this.with_poller(py, |p| {
+                if drained {
+                    p.note_not_ready(fd, false);
+                }
+                p.native_done(fd)
+            });
+            fut.bind(py)
+                .call_method1(intern!(py, "set_result"), (value,))
+        }
+        Attempt::Failed(err) => {
+            drop(waiter);
+            let _ = this.with_poller(py, |p| p.native_done(fd));
+            fut.bind(py)
+                .call_method1(intern!(py, "set_exception"), (err.into_value(py),))
+        }
+        Attempt::Again => {
+            let installed = this.with_poller(py, |p| {
+                p.note_not_ready(fd, write);
+                p.install_native(py, fd, waiter, write, None)
+            });
+            match installed {
+                Ok(Ok(d)) => {
+                    drop(d.waiter);
+                    match d.handle {
+                        Some(h) => Handle::cancel_py(h.bind(py)).map(|_| py.None().into_bound(py)),
+                        None => return,
+                    }
+                }
+                Ok(Err((e, w))) => {
+                    drop(w);
+                    let err = os_error(e.raw_os_error().unwrap_or(libc::EIO));
+                    fut.bind(py)
+                        .call_method1(intern!(py, "set_exception"), (err.into_value(py),))
+                }
+                // The loop is closing: the future stays pending, as in the stdlib.
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = res {
+        e.write_unraisable(py, Some(fut.bind(py)));
+    }
+}
