@@ -46,6 +46,46 @@ def test_read_pipe(loop):
     assert rf.closed
 
 
+def test_read_pipe_bulk(loop, loop_kind):
+    """Megabytes through a big pipe arrive intact and in order; tokioloop
+    hands them over in chunks of at most 128 KiB (sized to what the pipe holds)."""
+    import fcntl
+    import threading
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+    rf = open(r, "rb", buffering=0)
+    payload = os.urandom(1 << 16) * 48 + b"tail"  # 3 MiB + 4
+    sizes = []
+
+    def writer():
+        with open(w, "wb", buffering=0) as wf:
+            view = memoryview(payload)
+            while view:
+                view = view[wf.write(view[: 700_000]) :]
+
+    async def main():
+        class P(CollectProtocol):
+            def data_received(self, data):
+                sizes.append(len(data))
+                super().data_received(data)
+
+        proto = P(loop)
+        await loop.connect_read_pipe(lambda: proto, rf)
+        t = threading.Thread(target=writer)
+        t.start()
+        await proto.done
+        t.join()
+        return bytes(proto.data)
+
+    assert run(loop, main()) == payload
+    if loop_kind == "tokioloop":
+        assert max(sizes) <= 128 * 1024
+
+
 def test_read_pipe_close(loop):
     r, w = os.pipe()
     rf = open(r, "rb", buffering=0)
