@@ -11,6 +11,7 @@ mod pyhelpers;
 mod remote;
 mod stream;
 mod timers;
+mod write_buf;
 
 use pyo3::prelude::*;
 

@@ -10,6 +10,7 @@
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
 use crate::pyhelpers;
+use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -19,7 +20,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::PyTraverseError;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -70,9 +70,7 @@ struct Inner {
     paused: bool,
     conn_lost: u32,
     eof_requested: bool,
-    wbuf: VecDeque<Vec<u8>>,
-    wbuf_off: usize,
-    wbuf_size: usize,
+    wbuf: WriteBuf,
     high: usize,
     low: usize,
     protocol_paused: bool,
@@ -327,8 +325,6 @@ impl StreamTransport {
             }
             let had = !inner.wbuf.is_empty();
             inner.wbuf.clear();
-            inner.wbuf_off = 0;
-            inner.wbuf_size = 0;
             let was = inner.closing;
             inner.closing = true;
             inner.conn_lost += 1;
@@ -347,7 +343,7 @@ impl StreamTransport {
         let py = slf.py();
         let proto = {
             let mut inner = slf.get().inner.borrow_mut(py);
-            if inner.wbuf_size <= inner.high || inner.protocol_paused {
+            if inner.wbuf.len() <= inner.high || inner.protocol_paused {
                 return Ok(());
             }
             inner.protocol_paused = true;
@@ -365,7 +361,7 @@ impl StreamTransport {
         let py = slf.py();
         let proto = {
             let mut inner = slf.get().inner.borrow_mut(py);
-            if !inner.protocol_paused || inner.wbuf_size > inner.low {
+            if !inner.protocol_paused || inner.wbuf.len() > inner.low {
                 return Ok(());
             }
             inner.protocol_paused = false;
@@ -480,10 +476,18 @@ impl StreamTransport {
         })
     }
 
-    fn queue(&self, py: Python<'_>, data: &[u8]) {
+    /// Queues `view[start..]`: by reference when `data` is a big enough bytes
+    /// object (immutable), else as a copy.
+    fn queue(&self, py: Python<'_>, data: &Bound<'_, PyAny>, view: &ByteView, start: usize) {
+        let len = view.len() - start;
         let mut inner = self.inner.borrow_mut(py);
-        inner.wbuf.push_back(data.to_vec());
-        inner.wbuf_size += data.len();
+        if len >= write_buf::SHARE_MIN {
+            if let Ok(bytes) = data.cast::<PyBytes>() {
+                inner.wbuf.push_shared(bytes.clone().unbind(), start, len);
+                return;
+            }
+        }
+        inner.wbuf.push_copy(&view.as_slice()[start..]);
     }
 
     fn resolve_flush_waiters(&self, py: Python<'_>, exc: Option<&str>) -> PyResult<()> {
@@ -563,9 +567,7 @@ impl StreamTransport {
                 paused: false,
                 conn_lost: 0,
                 eof_requested: false,
-                wbuf: VecDeque::new(),
-                wbuf_off: 0,
-                wbuf_size: 0,
+                wbuf: WriteBuf::default(),
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
@@ -602,7 +604,7 @@ impl StreamTransport {
         let this = slf.get();
         if this.kind == Kind::WritePipe {
             // The read end closed: a write pipe can only learn that by readability.
-            let has_buffer = this.inner.borrow_mut(py).wbuf_size > 0;
+            let has_buffer = !this.inner.borrow_mut(py).wbuf.is_empty();
             this.core(py).unwatch_fd(py, this.fd, false)?;
             if has_buffer {
                 let exc = pyo3::exceptions::PyBrokenPipeError::new_err(())
@@ -770,9 +772,8 @@ impl StreamTransport {
                 return Ok(());
             }
             if !inner.wbuf.is_empty() {
-                inner.wbuf.push_back(view.as_slice().to_vec());
-                inner.wbuf_size += view.len();
                 drop(inner);
+                this.queue(py, data, &view, 0);
                 return Self::maybe_pause_protocol(slf);
             }
         }
@@ -789,7 +790,7 @@ impl StreamTransport {
         if sent == view.len() {
             return Ok(());
         }
-        this.queue(py, &view.as_slice()[sent..]);
+        this.queue(py, data, &view, sent);
         drop(view);
         Self::watch_write(slf)?;
         Self::maybe_pause_protocol(slf)
@@ -828,15 +829,7 @@ impl StreamTransport {
             if inner.conn_lost > 0 || inner.wbuf.is_empty() {
                 None
             } else {
-                let mut iov: Vec<libc::iovec> =
-                    Vec::with_capacity(inner.wbuf.len().min(MAX_IOVECS));
-                for (i, chunk) in inner.wbuf.iter().take(MAX_IOVECS).enumerate() {
-                    let off = if i == 0 { inner.wbuf_off } else { 0 };
-                    iov.push(libc::iovec {
-                        iov_base: chunk[off..].as_ptr() as *mut libc::c_void,
-                        iov_len: chunk.len() - off,
-                    });
-                }
+                let iov = inner.wbuf.iovecs(py, MAX_IOVECS);
                 Some(this.sys_writev(&iov))
             }
         };
@@ -844,7 +837,7 @@ impl StreamTransport {
             this.core(py).unwatch_fd(py, this.fd, true)?;
             return Ok(());
         };
-        let mut sent = match result {
+        let sent = match result {
             Ok(n) => n,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => {
@@ -852,8 +845,6 @@ impl StreamTransport {
                 {
                     let mut inner = this.inner.borrow_mut(py);
                     inner.wbuf.clear();
-                    inner.wbuf_off = 0;
-                    inner.wbuf_size = 0;
                 }
                 this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
                 return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
@@ -862,21 +853,7 @@ impl StreamTransport {
         this.core(py).count_bytes(py, 0, sent);
         let (empty, closing, eof) = {
             let mut inner = this.inner.borrow_mut(py);
-            inner.wbuf_size -= sent;
-            while sent > 0 {
-                let Some(front) = inner.wbuf.front() else {
-                    break;
-                };
-                let left = front.len() - inner.wbuf_off;
-                if sent >= left {
-                    sent -= left;
-                    inner.wbuf.pop_front();
-                    inner.wbuf_off = 0;
-                } else {
-                    inner.wbuf_off += sent;
-                    sent = 0;
-                }
-            }
+            inner.wbuf.consume(py, sent);
             (inner.wbuf.is_empty(), inner.closing, inner.eof_requested)
         };
         Self::maybe_resume_protocol(slf)?;
@@ -910,7 +887,7 @@ impl StreamTransport {
                         return Ok(());
                     }
                     inner.closing = true;
-                    inner.wbuf_size > 0
+                    !inner.wbuf.is_empty()
                 };
                 if !buffered {
                     this.inner.borrow_mut(py).conn_lost += 1;
@@ -926,7 +903,7 @@ impl StreamTransport {
                         return Ok(());
                     }
                     inner.eof_requested = true;
-                    inner.wbuf_size > 0
+                    !inner.wbuf.is_empty()
                 };
                 if !buffered {
                     // SAFETY: shutdown on our own socket fd.
@@ -958,7 +935,7 @@ impl StreamTransport {
                 return Ok(());
             }
             inner.closing = true;
-            inner.wbuf_size > 0
+            !inner.wbuf.is_empty()
         };
         this.core(py).unwatch_fd(py, this.fd, false)?;
         if !buffered {
@@ -1056,7 +1033,7 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.inner.borrow_mut(py).wbuf_size
+        self.inner.borrow_mut(py).wbuf.len()
     }
 
     #[pyo3(signature = (name, default=None))]
@@ -1217,7 +1194,7 @@ impl StreamTransport {
             "<{kind}{state} fd={} read={} write=<bufsize={}>>",
             self.fd,
             if inner.paused { "paused" } else { "polling" },
-            inner.wbuf_size
+            inner.wbuf.len()
         )
     }
 

@@ -364,3 +364,89 @@ def test_start_tls_refuses_pipe_transport(loop):
         run(loop, main())
     finally:
         os.close(r)
+
+
+def _drain_in_thread(fd, into):
+    """Reads fd (blocking) to EOF into the list `into`, in a thread."""
+    import threading
+
+    def reader():
+        while chunk := os.read(fd, 1 << 20):
+            into.append(chunk)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    return t
+
+
+def _mixed_writes(tr):
+    """Writes bytes, a bytearray and a memoryview that the caller then
+    mutates, and many small writes; returns what must arrive."""
+    big = os.urandom(1 << 20)  # more than a pipe or socket takes at once
+    ba = bytearray(b"A" * 300_000)
+    mv_src = bytearray(b"M" * 200_000)
+    expected = [big]
+    tr.write(big)
+    tr.write(ba)
+    expected.append(bytes(ba))
+    ba[:] = b"Z" * len(ba)  # mutated after write(): must not change what is sent
+    ba.extend(b"more")
+    tr.write(memoryview(mv_src)[1000:])
+    expected.append(bytes(mv_src[1000:]))
+    mv_src[:] = b"N" * len(mv_src)
+    for i in range(2000):
+        small = b"%05d;" % i
+        tr.write(small)
+        expected.append(small)
+    tail = b"T" * 40_000 + b"end"
+    tr.write(tail)
+    expected.append(tail)
+    return b"".join(expected)
+
+
+def test_write_pipe_queued_data_intact(loop):
+    """Data queued behind a full pipe (bytes kept by reference, mutable
+    buffers copied) arrives intact and in order."""
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+    got = []
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        expected = _mixed_writes(tr)
+        assert tr.get_write_buffer_size() > 0
+        t = _drain_in_thread(r, got)
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return expected
+
+    try:
+        expected = run(loop, main())
+    finally:
+        os.close(r)
+    assert b"".join(got) == expected
+
+
+def test_socket_queued_data_intact(loop):
+    """The same over a stream socket transport (shared with TCP)."""
+    a, b = socket.socketpair()
+    got = []
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.create_unix_connection(lambda: proto, sock=a)
+        expected = _mixed_writes(tr)
+        assert tr.get_write_buffer_size() > 0
+        t = _drain_in_thread(b.fileno(), got)
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return expected
+
+    try:
+        expected = run(loop, main())
+    finally:
+        b.close()
+    assert b"".join(got) == expected
