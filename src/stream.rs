@@ -28,18 +28,43 @@ const MAX_READ: usize = 256 * 1024;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
-/// Most a read pipe hands to data_received() at once. Kept below glibc's
-/// default mmap threshold (128 KiB) with room for the bytes header: the bytes
-/// object, and the copies asyncio's StreamReader makes of it (its bytearray,
-/// the bytes read() returns), then come from the heap and reuse its pages. At
-/// 256 KiB they were mmap()ed or made the heap top grow and shrink, and a
-/// 100 MB transfer page-faulted ~18,000 times. Smaller chunks also stay in L2
-/// across those copies.
-const PIPE_READ_CHUNK: usize = 128 * 1024 - 64;
+/// Most a read pipe hands to data_received() at once (as the stdlib's reads).
+const PIPE_READ_CHUNK: usize = MAX_READ;
+/// See `adapt_malloc_thresholds`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ADAPT_SIZE: usize = 2 << 20;
 
 thread_local! {
     // One read buffer per loop thread, reused for every read of every transport.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+}
+
+/// Streaming a pipe makes short-lived objects of a few hundred KiB: our
+/// bytes, then the copies asyncio's StreamReader makes of it (its bytearray,
+/// the bytes read() returns). glibc serves those from mmap() while its mmap
+/// threshold is at the initial 128 KiB, and trims the heap top whenever more
+/// than 128 KiB is free there, so every chunk page-faults its memory in again
+/// (~11,000-18,000 faults per 100 MB from a child, a third of the loop's CPU).
+/// glibc raises both thresholds by itself once a block above the mmap
+/// threshold is freed (mmap threshold = that size, trim threshold = twice it):
+/// one malloc+free of 2 MiB, the first time a read pipe is made, triggers
+/// that adaptation, which any program freeing one such buffer gets anyway.
+/// A threshold set by the user (mallopt, MALLOC_*_ environment variables)
+/// turns the adaptation off in glibc, and then this changes nothing.
+fn adapt_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: a plain malloc/free pair; black_box keeps it from being elided.
+            unsafe {
+                let p = std::hint::black_box(libc::malloc(MALLOC_ADAPT_SIZE));
+                if !p.is_null() {
+                    libc::free(p);
+                }
+            }
+        });
+    }
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -550,6 +575,8 @@ impl StreamTransport {
         }
         if kind == Kind::Socket {
             set_nodelay_if_tcp(fd);
+        } else if kind == Kind::ReadPipe {
+            adapt_malloc_thresholds();
         }
         let buffered = is_buffered_protocol(py, protocol)?;
         let extra = match extra {
