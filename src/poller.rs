@@ -1,6 +1,7 @@
 //! I/O readiness for `add_reader`/`add_writer`: a level-triggered epoll set of
 //! our own (the semantics asyncio's selector gives), whose fd is in turn watched
-//! by the tokio runtime's driver while the loop sleeps.
+//! by the tokio runtime's driver while the loop sleeps. Native write-pipe
+//! transports may switch their own fd to edge-triggered (`set_edge`).
 
 use crate::handles::Handle;
 use pyo3::prelude::*;
@@ -87,6 +88,8 @@ struct Interest {
     writer_obj: Option<Py<PyAny>>,
     // Internal fds (the signal wake-up socket) that have no Python handle.
     internal: bool,
+    // Edge-triggered (EPOLLET): only native pipe transports ask for it.
+    edge: bool,
 }
 
 impl Interest {
@@ -97,6 +100,9 @@ impl Interest {
         }
         if self.writer.is_some() {
             m |= libc::EPOLLOUT as u32;
+        }
+        if m != 0 && self.edge {
+            m |= libc::EPOLLET as u32;
         }
         m
     }
@@ -215,6 +221,21 @@ impl Poller {
         let previous = slot.take()?;
         let _ = self.apply(fd, old_mask);
         Some(previous)
+    }
+
+    /// Makes a watched fd edge-triggered (or level-triggered again). The flag
+    /// goes with the registration: once the fd is no longer watched at all it
+    /// is forgotten.
+    pub fn set_edge(&mut self, fd: RawFd, edge: bool) -> io::Result<()> {
+        let Some(entry) = self.fds.get_mut(&fd) else {
+            return Ok(());
+        };
+        if entry.edge == edge {
+            return Ok(());
+        }
+        let old_mask = entry.mask();
+        entry.edge = edge;
+        self.apply(fd, old_mask)
     }
 
     pub fn get(&self, py: Python<'_>, fd: RawFd, write: bool) -> Option<Py<Handle>> {

@@ -30,6 +30,9 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
 /// Most a read pipe hands to data_received() at once (as the stdlib's reads).
 const PIPE_READ_CHUNK: usize = MAX_READ;
+/// Seconds before edge mode double-checks a pipe taken for full (see
+/// `_write_fallback`).
+const PIPE_EDGE_FALLBACK: f64 = 0.1;
 /// See `adapt_malloc_thresholds`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ADAPT_SIZE: usize = 2 << 20;
@@ -101,6 +104,23 @@ struct Inner {
     protocol_paused: bool,
     flush_waiters: Vec<Py<PyAny>>,
     sendfile_active: bool,
+    /// Edge mode only (see `edge_mode`).
+    pipe_state: PipeState,
+    /// A `_write_fallback` timer is pending.
+    fallback_armed: bool,
+}
+
+/// What a write pipe in edge mode knows about its fill level.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PipeState {
+    /// Not known to be full: write at once.
+    Open,
+    /// A write of the pipe's whole capacity went through: it is full, unless
+    /// someone made it bigger since we asked (F_SETPIPE_SZ); the next write
+    /// waits for the edge, with a timer as a safety net for that case.
+    MaybeFull,
+    /// A write stopped short: wait for the EPOLLOUT edge.
+    Full,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, weakref, dict)]
@@ -110,6 +130,8 @@ pub struct StreamTransport {
     kind: Kind,
     loop_obj: Py<PyAny>,
     core: Py<CoreLoop>,
+    /// Capacity of a write pipe (F_GETPIPE_SZ), 0 when not a pipe.
+    pipe_capacity: usize,
 }
 
 fn last_err() -> io::Error {
@@ -309,7 +331,49 @@ impl StreamTransport {
             return Ok(());
         }
         let cb = slf.getattr(intern!(py, "_write_ready"))?.unbind();
-        this.core(py).watch_fd(py, this.fd, cb, true)
+        this.core(py).watch_fd(py, this.fd, cb, true)?;
+        if this.edge_mode() {
+            this.core(py).set_edge_triggered(py, this.fd, true)?;
+        }
+        Ok(())
+    }
+
+    /// A write pipe (a real pipe) is written in edge mode: once a write has
+    /// filled it, the next one waits for the EPOLLOUT edge the kernel sends
+    /// when a read that found the pipe full has finished. Level-triggered
+    /// readiness (and any write attempt) comes while the reader is still
+    /// copying the data out, and the kernel then makes us spin on the pipe's
+    /// lock until it is done: a third of the loop's CPU, and of the child's,
+    /// when streaming to a child. The write watch stays armed (a new
+    /// registration would report the pipe writable at once) until the
+    /// transport closes.
+    fn edge_mode(&self) -> bool {
+        self.pipe_capacity > 0
+    }
+
+    /// What `sent` of `wanted` bytes written tells about the pipe's fill level.
+    fn pipe_state_after(&self, sent: usize, wanted: usize) -> PipeState {
+        if !self.edge_mode() {
+            PipeState::Open
+        } else if sent < wanted {
+            PipeState::Full
+        } else if sent >= self.pipe_capacity {
+            PipeState::MaybeFull
+        } else {
+            PipeState::Open
+        }
+    }
+
+    /// Whether the pipe is full now (poll() reads its level without its lock).
+    /// Once it is, a reader finishing a read sends the EPOLLOUT edge.
+    fn pipe_looks_full(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -578,6 +642,12 @@ impl StreamTransport {
         } else if kind == Kind::ReadPipe {
             adapt_malloc_thresholds();
         }
+        let pipe_capacity = if kind == Kind::WritePipe {
+            // SAFETY: fcntl on the caller's descriptor; fails (-1) for non-pipes.
+            unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }.max(0) as usize
+        } else {
+            0
+        };
         let buffered = is_buffered_protocol(py, protocol)?;
         let extra = match extra {
             Some(d) => d.clone().unbind(),
@@ -600,11 +670,14 @@ impl StreamTransport {
                 protocol_paused: false,
                 flush_waiters: Vec::new(),
                 sendfile_active: false,
+                pipe_state: PipeState::Open,
+                fallback_armed: false,
             }),
             fd,
             kind,
             loop_obj: r#loop.clone().unbind(),
             core,
+            pipe_capacity,
         })
     }
 
@@ -803,6 +876,23 @@ impl StreamTransport {
                 this.queue(py, data, &view, 0);
                 return Self::maybe_pause_protocol(slf);
             }
+            if inner.pipe_state != PipeState::Open {
+                // poll() cannot tell: the reader has usually started copying
+                // the pipe out already, which makes it look writable.
+                let arm = inner.pipe_state == PipeState::MaybeFull && !inner.fallback_armed;
+                inner.pipe_state = PipeState::Full;
+                inner.fallback_armed |= arm;
+                drop(inner);
+                this.queue(py, data, &view, 0);
+                Self::watch_write(slf)?;
+                if arm {
+                    let cb = slf.getattr(intern!(py, "_write_fallback"))?;
+                    this.loop_obj
+                        .bind(py)
+                        .call_method1(intern!(py, "call_later"), (PIPE_EDGE_FALLBACK, cb))?;
+                }
+                return Self::maybe_pause_protocol(slf);
+            }
         }
         // Nothing queued: try to send right away and queue only the rest.
         if !this.fd_still_ours(py) {
@@ -813,6 +903,7 @@ impl StreamTransport {
             Err(e) if would_block(&e) => 0,
             Err(e) => return Self::fatal_error(slf, PyErr::from(e), this.write_error_message()),
         };
+        this.inner.borrow_mut(py).pipe_state = this.pipe_state_after(sent, view.len());
         this.core(py).count_bytes(py, 0, sent);
         if sent == view.len() {
             return Ok(());
@@ -851,41 +942,68 @@ impl StreamTransport {
             this.core(py).unwatch_fd(py, this.fd, true)?;
             return Self::fatal_error(slf, Self::ebadf(), this.write_error_message());
         }
-        let result = {
-            let inner = this.inner.borrow_mut(py);
-            if inner.conn_lost > 0 || inner.wbuf.is_empty() {
-                None
-            } else {
-                let iov = inner.wbuf.iovecs(py, MAX_IOVECS);
-                Some(this.sys_writev(&iov))
-            }
-        };
-        let Some(result) = result else {
-            this.core(py).unwatch_fd(py, this.fd, true)?;
-            return Ok(());
-        };
-        let sent = match result {
-            Ok(n) => n,
-            Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => {
-                this.core(py).unwatch_fd(py, this.fd, true)?;
-                {
-                    let mut inner = this.inner.borrow_mut(py);
-                    inner.wbuf.clear();
+        let edge = this.edge_mode();
+        let mut first = true;
+        let (empty, closing, eof) = loop {
+            let result = {
+                let mut inner = this.inner.borrow_mut(py);
+                if first {
+                    // An edge: the pipe has room again.
+                    inner.pipe_state = PipeState::Open;
                 }
-                this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
-                return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
-            }
-        };
-        this.core(py).count_bytes(py, 0, sent);
-        let (empty, closing, eof) = {
+                if inner.conn_lost > 0 || inner.wbuf.is_empty() {
+                    None
+                } else {
+                    let iov = inner.wbuf.iovecs(py, MAX_IOVECS);
+                    let wanted: usize = iov.iter().map(|v| v.iov_len).sum();
+                    Some((this.sys_writev(&iov), wanted))
+                }
+            };
+            let Some((result, wanted)) = result else {
+                // Only on the first round: later ones run with data queued.
+                if !edge || this.inner.borrow_mut(py).conn_lost > 0 {
+                    this.core(py).unwatch_fd(py, this.fd, true)?;
+                }
+                return Ok(());
+            };
+            let sent = match result {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => {
+                    if edge {
+                        this.inner.borrow_mut(py).pipe_state = PipeState::Full;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    this.core(py).unwatch_fd(py, this.fd, true)?;
+                    {
+                        let mut inner = this.inner.borrow_mut(py);
+                        inner.wbuf.clear();
+                    }
+                    this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
+                    return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
+                }
+            };
+            first = false;
+            this.core(py).count_bytes(py, 0, sent);
             let mut inner = this.inner.borrow_mut(py);
             inner.wbuf.consume(py, sent);
-            (inner.wbuf.is_empty(), inner.closing, inner.eof_requested)
+            let mut state = this.pipe_state_after(sent, wanted);
+            if state == PipeState::MaybeFull && !inner.wbuf.is_empty() && this.pipe_looks_full() {
+                state = PipeState::Full;
+            }
+            inner.pipe_state = state;
+            // In edge mode no new event comes while the pipe has room: keep
+            // writing what did not fit in one writev's iovecs.
+            if !edge || state == PipeState::Full || inner.wbuf.is_empty() {
+                break (inner.wbuf.is_empty(), inner.closing, inner.eof_requested);
+            }
         };
         Self::maybe_resume_protocol(slf)?;
         if empty {
-            this.core(py).unwatch_fd(py, this.fd, true)?;
+            if !this.edge_mode() || closing {
+                this.core(py).unwatch_fd(py, this.fd, true)?;
+            }
             this.resolve_flush_waiters(py, None)?;
             if closing {
                 if this.kind == Kind::WritePipe {
@@ -898,6 +1016,28 @@ impl StreamTransport {
             }
         }
         Ok(())
+    }
+
+    /// Safety net of edge mode: a pipe we took for full after writing its
+    /// capacity, but that someone enlarged meanwhile, sends no edge. Writes
+    /// when the pipe has room and data still waits for an edge.
+    fn _write_fallback(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            inner.fallback_armed = false;
+            if inner.conn_lost > 0
+                || inner.sock.is_none()
+                || inner.wbuf.is_empty()
+                || inner.pipe_state != PipeState::Full
+                || this.pipe_looks_full()
+            {
+                // Full for real: the reader's next read sends the edge.
+                return Ok(());
+            }
+        }
+        Self::_write_ready(slf)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {

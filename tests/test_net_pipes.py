@@ -450,3 +450,94 @@ def test_socket_queued_data_intact(loop):
     finally:
         b.close()
     assert b"".join(got) == expected
+
+
+def test_write_pipe_exactly_filled_then_more(loop):
+    """A write of exactly the pipe's size fills it; what follows is written
+    once a slow reader (small reads) makes room, to the last byte."""
+    import fcntl
+
+    r, w = os.pipe()
+    size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    wf = open(w, "wb", buffering=0)
+    got = []
+
+    def slow_reader():
+        import time
+
+        while chunk := os.read(r, 1000):
+            got.append(chunk)
+            time.sleep(0.0002)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        first = os.urandom(size)
+        tr.write(first)
+        rest = [os.urandom(n) for n in (1, 100, 5000, 200_000, 3)]
+        for chunk in rest:
+            tr.write(chunk)
+        import threading
+
+        t = threading.Thread(target=slow_reader)
+        t.start()
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return first + b"".join(rest)
+
+    try:
+        expected = run(loop, main())
+    finally:
+        os.close(r)
+    assert b"".join(got) == expected
+
+
+def test_write_pipe_enlarged_behind_the_transport(loop):
+    """The pipe is made bigger after the transport measured it: a write of
+    the old size no longer fills it, and what follows must still go out
+    (tokioloop's edge mode must not wait for an EPOLLOUT edge forever)."""
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 65536)
+    except OSError:
+        pytest.skip("cannot size pipes here")
+    wf = open(w, "wb", buffering=0)
+    os.set_blocking(r, False)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        tr.write(b"x" * 100_000)  # more than fits: the write watch is armed
+        got = b""
+        while len(got) < 100_000:
+            await asyncio.sleep(0.001)
+            try:
+                got += os.read(r, 1 << 20)
+            except BlockingIOError:
+                pass
+        assert got == b"x" * 100_000
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pytest.skip("cannot enlarge pipes here")
+        tr.write(b"a" * 65536)  # the old size: the pipe is not full now
+        got = os.read(r, 1 << 20)  # the reader takes it all: no EPOLLOUT edge
+        tr.write(b"b" * 1000)
+        deadline = loop.time() + 5
+        while len(got) < 66536 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            try:
+                got += os.read(r, 1 << 20)
+            except BlockingIOError:
+                pass
+        tr.close()
+        await proto.done
+        return got
+
+    try:
+        assert run(loop, main()) == b"a" * 65536 + b"b" * 1000
+    finally:
+        os.close(r)
