@@ -792,6 +792,14 @@ impl CoreLoop {
         }
     }
 
+    /// See `Poller::set_edge`.
+    pub fn set_edge_triggered(&self, py: Python<'_>, fd: RawFd, edge: bool) -> PyResult<()> {
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => st.poller.set_edge(fd, edge).map_err(PyErr::from),
+            None => Ok(()),
+        }
+    }
+
     pub fn is_watching(&self, py: Python<'_>, fd: RawFd, write: bool) -> bool {
         self.state
             .try_borrow_mut(py)

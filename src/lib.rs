@@ -20,6 +20,7 @@ mod remote;
 mod sock_ops;
 mod stream;
 mod timers;
+mod write_buf;
 
 use pyo3::prelude::*;
 

@@ -2,7 +2,9 @@
 //! our own (the semantics asyncio's selector gives), whose fd is in turn watched
 //! by the tokio runtime's driver while the loop sleeps. Fds that only the
 //! native sock_* operations (src/sock_ops.rs) use are registered
-//! edge-triggered instead and stay registered between waits.
+//! edge-triggered instead and stay registered between waits. Native write-pipe
+//! transports may switch their own (Handle-watched) fd to edge-triggered
+//! (`set_edge`); that stays Handle mode, dispatched as callbacks.
 
 use crate::handles::Handle;
 use crate::sock_ops::Waiter;
@@ -119,6 +121,9 @@ struct Interest {
     owner: Option<Py<PyAny>>,
     // SOCK_STREAM: a short read/write means the kernel buffer was drained/filled.
     stream: bool,
+    // Edge-triggered Handle mode (EPOLLET with reader/writer Handles): only
+    // native pipe transports ask for it (`set_edge`).
+    edge: bool,
 }
 
 const ET_MASK: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -130,6 +135,12 @@ impl Interest {
         self.reader.is_some() || self.writer.is_some() || self.internal
     }
 
+    /// Registered edge-triggered for native waiters only (an edge-triggered fd
+    /// with Handles, see `set_edge`, is dispatched as callbacks).
+    fn native_mode(&self) -> bool {
+        self.registered & libc::EPOLLET as u32 != 0 && !self.has_handles()
+    }
+
     fn mask(&self) -> u32 {
         let mut m = 0u32;
         if self.reader.is_some() || self.internal || self.native_r.is_some() {
@@ -137,6 +148,9 @@ impl Interest {
         }
         if self.writer.is_some() || self.native_w.is_some() {
             m |= libc::EPOLLOUT as u32;
+        }
+        if m != 0 && self.edge {
+            m |= libc::EPOLLET as u32;
         }
         m
     }
@@ -401,6 +415,20 @@ impl Poller {
         (handle, waiter)
     }
 
+    /// Makes a watched fd edge-triggered (or level-triggered again). The flag
+    /// goes with the registration: once the fd is no longer watched at all it
+    /// is forgotten.
+    pub fn set_edge(&mut self, fd: RawFd, edge: bool) -> io::Result<()> {
+        let Some(entry) = self.fds.get_mut(&fd) else {
+            return Ok(());
+        };
+        if entry.edge == edge {
+            return Ok(());
+        }
+        entry.edge = edge;
+        self.sync(fd, false)
+    }
+
     pub fn get(&self, py: Python<'_>, fd: RawFd, write: bool) -> Option<Py<Handle>> {
         let entry = self.fds.get(&fd)?;
         let slot = if write { &entry.writer } else { &entry.reader };
@@ -448,7 +476,7 @@ impl Poller {
         sock: &Bound<'_, PyAny>,
     ) -> Option<NativeState> {
         let entry = self.fds.get(&fd)?;
-        if entry.registered & libc::EPOLLET as u32 == 0 {
+        if !entry.native_mode() {
             return None;
         }
         let owner = entry.owner.as_ref()?;
@@ -612,7 +640,7 @@ impl Poller {
             let bits = ev.events;
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
-            if interest.registered & libc::EPOLLET as u32 != 0 {
+            if interest.native_mode() {
                 if bits & FINAL_R != 0 {
                     interest.rd_final = true;
                 }

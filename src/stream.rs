@@ -1,14 +1,16 @@
 //! Native stream transports: connected TCP/Unix sockets and pipes.
 //!
 //! Readiness comes from the loop's epoll set as for `add_reader`, but the work
-//! is Rust: reads land in a per-thread buffer reused for every read and reach
-//! the protocol as exact-size bytes (or go straight into a BufferedProtocol's
-//! own buffer); writes are sent at once when nothing is queued, and only the
+//! is Rust: socket reads land in a per-thread buffer reused for every read and
+//! reach the protocol as exact-size bytes, pipe reads go straight into a bytes
+//! object sized to what the pipe holds (or, either way, into a
+//! BufferedProtocol's own buffer); writes are sent at once when nothing is queued, and only the
 //! unsent rest is buffered, with the stdlib's flow control.
 
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
 use crate::pyhelpers;
+use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -18,7 +20,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::PyTraverseError;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -27,10 +28,46 @@ const MAX_READ: usize = 256 * 1024;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
+/// Most a read pipe hands to data_received() at once (as the stdlib's reads).
+const PIPE_READ_CHUNK: usize = MAX_READ;
+/// Seconds before edge mode double-checks a pipe taken for full (see
+/// `_write_fallback`).
+const PIPE_EDGE_FALLBACK: f64 = 0.1;
+/// See `adapt_malloc_thresholds`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ADAPT_SIZE: usize = 2 << 20;
 
 thread_local! {
     // One read buffer per loop thread, reused for every read of every transport.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+}
+
+/// Streaming a pipe makes short-lived objects of a few hundred KiB: our
+/// bytes, then the copies asyncio's StreamReader makes of it (its bytearray,
+/// the bytes read() returns). glibc serves those from mmap() while its mmap
+/// threshold is at the initial 128 KiB, and trims the heap top whenever more
+/// than 128 KiB is free there, so every chunk page-faults its memory in again
+/// (~11,000-18,000 faults per 100 MB from a child, a third of the loop's CPU).
+/// glibc raises both thresholds by itself once a block above the mmap
+/// threshold is freed (mmap threshold = that size, trim threshold = twice it):
+/// one malloc+free of 2 MiB, the first time a read pipe is made, triggers
+/// that adaptation, which any program freeing one such buffer gets anyway.
+/// A threshold set by the user (mallopt, MALLOC_*_ environment variables)
+/// turns the adaptation off in glibc, and then this changes nothing.
+fn adapt_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: a plain malloc/free pair; black_box keeps it from being elided.
+            unsafe {
+                let p = std::hint::black_box(libc::malloc(MALLOC_ADAPT_SIZE));
+                if !p.is_null() {
+                    libc::free(p);
+                }
+            }
+        });
+    }
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -61,14 +98,29 @@ struct Inner {
     paused: bool,
     conn_lost: u32,
     eof_requested: bool,
-    wbuf: VecDeque<Vec<u8>>,
-    wbuf_off: usize,
-    wbuf_size: usize,
+    wbuf: WriteBuf,
     high: usize,
     low: usize,
     protocol_paused: bool,
     flush_waiters: Vec<Py<PyAny>>,
     sendfile_active: bool,
+    /// Edge mode only (see `edge_mode`).
+    pipe_state: PipeState,
+    /// A `_write_fallback` timer is pending.
+    fallback_armed: bool,
+}
+
+/// What a write pipe in edge mode knows about its fill level.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PipeState {
+    /// Not known to be full: write at once.
+    Open,
+    /// A write of the pipe's whole capacity went through: it is full, unless
+    /// someone made it bigger since we asked (F_SETPIPE_SZ); the next write
+    /// waits for the edge, with a timer as a safety net for that case.
+    MaybeFull,
+    /// A write stopped short: wait for the EPOLLOUT edge.
+    Full,
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, weakref, dict)]
@@ -78,6 +130,8 @@ pub struct StreamTransport {
     kind: Kind,
     loop_obj: Py<PyAny>,
     core: Py<CoreLoop>,
+    /// Capacity of a write pipe (F_GETPIPE_SZ), 0 when not a pipe.
+    pipe_capacity: usize,
 }
 
 fn last_err() -> io::Error {
@@ -277,7 +331,49 @@ impl StreamTransport {
             return Ok(());
         }
         let cb = slf.getattr(intern!(py, "_write_ready"))?.unbind();
-        this.core(py).watch_fd(py, this.fd, cb, true)
+        this.core(py).watch_fd(py, this.fd, cb, true)?;
+        if this.edge_mode() {
+            this.core(py).set_edge_triggered(py, this.fd, true)?;
+        }
+        Ok(())
+    }
+
+    /// A write pipe (a real pipe) is written in edge mode: once a write has
+    /// filled it, the next one waits for the EPOLLOUT edge the kernel sends
+    /// when a read that found the pipe full has finished. Level-triggered
+    /// readiness (and any write attempt) comes while the reader is still
+    /// copying the data out, and the kernel then makes us spin on the pipe's
+    /// lock until it is done: a third of the loop's CPU, and of the child's,
+    /// when streaming to a child. The write watch stays armed (a new
+    /// registration would report the pipe writable at once) until the
+    /// transport closes.
+    fn edge_mode(&self) -> bool {
+        self.pipe_capacity > 0
+    }
+
+    /// What `sent` of `wanted` bytes written tells about the pipe's fill level.
+    fn pipe_state_after(&self, sent: usize, wanted: usize) -> PipeState {
+        if !self.edge_mode() {
+            PipeState::Open
+        } else if sent < wanted {
+            PipeState::Full
+        } else if sent >= self.pipe_capacity {
+            PipeState::MaybeFull
+        } else {
+            PipeState::Open
+        }
+    }
+
+    /// Whether the pipe is full now (poll() reads its level without its lock).
+    /// Once it is, a reader finishing a read sends the EPOLLOUT edge.
+    fn pipe_looks_full(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -318,8 +414,6 @@ impl StreamTransport {
             }
             let had = !inner.wbuf.is_empty();
             inner.wbuf.clear();
-            inner.wbuf_off = 0;
-            inner.wbuf_size = 0;
             let was = inner.closing;
             inner.closing = true;
             inner.conn_lost += 1;
@@ -338,7 +432,7 @@ impl StreamTransport {
         let py = slf.py();
         let proto = {
             let mut inner = slf.get().inner.borrow_mut(py);
-            if inner.wbuf_size <= inner.high || inner.protocol_paused {
+            if inner.wbuf.len() <= inner.high || inner.protocol_paused {
                 return Ok(());
             }
             inner.protocol_paused = true;
@@ -356,7 +450,7 @@ impl StreamTransport {
         let py = slf.py();
         let proto = {
             let mut inner = slf.get().inner.borrow_mut(py);
-            if !inner.protocol_paused || inner.wbuf_size > inner.low {
+            if !inner.protocol_paused || inner.wbuf.len() > inner.low {
                 return Ok(());
             }
             inner.protocol_paused = false;
@@ -435,10 +529,54 @@ impl StreamTransport {
         }
     }
 
-    fn queue(&self, py: Python<'_>, data: &[u8]) {
+    /// Reads what a pipe holds (FIONREAD) straight into a new bytes object of
+    /// that size: no copy out of the shared read buffer, and no allocation
+    /// bigger than the data. None when the pipe looks empty (EOF, a spurious
+    /// wake-up) or cannot say (FIONREAD unsupported): the caller then reads
+    /// through the shared buffer as for sockets.
+    fn read_pipe_exact<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
+        let mut avail: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through a valid pointer.
+        if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
+            return None;
+        }
+        let want = (avail as usize).min(PIPE_READ_CHUNK);
+        // SAFETY: a new, uninitialised bytes object of `want` bytes; nobody else
+        // sees it before it is filled below.
+        let obj =
+            unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as ffi::Py_ssize_t) };
+        if obj.is_null() {
+            drop(PyErr::take(py));
+            return None;
+        }
+        // SAFETY: `obj` is a new reference to a bytes object.
+        let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
+        // SAFETY: the bytes object owns `want` bytes at this address.
+        let ptr = unsafe { ffi::PyBytes_AsString(obj) } as *mut u8;
+        Some(match self.sys_read(ptr, want) {
+            Ok(n) if n == want => Ok((n, Some(bytes))),
+            Ok(0) => Ok((0, None)),
+            // Someone else drained the pipe meanwhile: keep what we got.
+            Ok(n) => Ok((n, Some(PyBytes::new(py, &bytes.as_bytes()[..n])))),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Queues `view[start..]`: by reference when `data` is a big enough bytes
+    /// object (immutable), else as a copy.
+    fn queue(&self, py: Python<'_>, data: &Bound<'_, PyAny>, view: &ByteView, start: usize) {
+        let len = view.len() - start;
         let mut inner = self.inner.borrow_mut(py);
-        inner.wbuf.push_back(data.to_vec());
-        inner.wbuf_size += data.len();
+        if len >= write_buf::SHARE_MIN {
+            if let Ok(bytes) = data.cast::<PyBytes>() {
+                inner.wbuf.push_shared(bytes.clone().unbind(), start, len);
+                return;
+            }
+        }
+        inner.wbuf.push_copy(&view.as_slice()[start..]);
     }
 
     fn resolve_flush_waiters(&self, py: Python<'_>, exc: Option<&str>) -> PyResult<()> {
@@ -501,7 +639,15 @@ impl StreamTransport {
         }
         if kind == Kind::Socket {
             set_nodelay_if_tcp(fd);
+        } else if kind == Kind::ReadPipe {
+            adapt_malloc_thresholds();
         }
+        let pipe_capacity = if kind == Kind::WritePipe {
+            // SAFETY: fcntl on the caller's descriptor; fails (-1) for non-pipes.
+            unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }.max(0) as usize
+        } else {
+            0
+        };
         let buffered = is_buffered_protocol(py, protocol)?;
         let extra = match extra {
             Some(d) => d.clone().unbind(),
@@ -518,19 +664,20 @@ impl StreamTransport {
                 paused: false,
                 conn_lost: 0,
                 eof_requested: false,
-                wbuf: VecDeque::new(),
-                wbuf_off: 0,
-                wbuf_size: 0,
+                wbuf: WriteBuf::default(),
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
                 flush_waiters: Vec::new(),
                 sendfile_active: false,
+                pipe_state: PipeState::Open,
+                fallback_armed: false,
             }),
             fd,
             kind,
             loop_obj: r#loop.clone().unbind(),
             core,
+            pipe_capacity,
         })
     }
 
@@ -557,7 +704,7 @@ impl StreamTransport {
         let this = slf.get();
         if this.kind == Kind::WritePipe {
             // The read end closed: a write pipe can only learn that by readability.
-            let has_buffer = this.inner.borrow_mut(py).wbuf_size > 0;
+            let has_buffer = !this.inner.borrow_mut(py).wbuf.is_empty();
             this.core(py).unwatch_fd(py, this.fd, false)?;
             if has_buffer {
                 let exc = pyo3::exceptions::PyBrokenPipeError::new_err(())
@@ -641,30 +788,29 @@ impl StreamTransport {
                 Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         } else {
-            let res = READ_BUF.with(|cell| {
-                let mut buf = cell.borrow_mut();
-                let cap = buf.len();
-                let mut n = this.sys_read(buf.as_mut_ptr(), cap)?;
-                if this.kind == Kind::ReadPipe {
-                    // A pipe hands over at most its 64 KiB buffer per read: keep
-                    // reading until it is empty (or ours is full) and deliver once.
-                    while n > 0 && n < cap {
-                        // SAFETY: `n < cap`, so the pointer stays inside the buffer.
-                        match this.sys_read(unsafe { buf.as_mut_ptr().add(n) }, cap - n) {
-                            Ok(0) => break,
-                            Ok(more) => n += more,
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Ok::<_, io::Error>((
-                    n,
-                    if n > 0 {
-                        Some(PyBytes::new(py, &buf[..n]))
+            let direct = if this.kind == Kind::ReadPipe {
+                this.read_pipe_exact(py)
+            } else {
+                None
+            };
+            let res = direct.unwrap_or_else(|| {
+                READ_BUF.with(|cell| {
+                    let mut buf = cell.borrow_mut();
+                    let cap = if this.kind == Kind::ReadPipe {
+                        PIPE_READ_CHUNK
                     } else {
-                        None
-                    },
-                ))
+                        buf.len()
+                    };
+                    let n = this.sys_read(buf.as_mut_ptr(), cap)?;
+                    Ok::<_, io::Error>((
+                        n,
+                        if n > 0 {
+                            Some(PyBytes::new(py, &buf[..n]))
+                        } else {
+                            None
+                        },
+                    ))
+                })
             });
             if let Ok((n, _)) = &res {
                 this.core(py).count_bytes(py, *n, 0);
@@ -731,9 +877,25 @@ impl StreamTransport {
                 return Ok(());
             }
             if !inner.wbuf.is_empty() {
-                inner.wbuf.push_back(view.as_slice().to_vec());
-                inner.wbuf_size += view.len();
                 drop(inner);
+                this.queue(py, data, &view, 0);
+                return Self::maybe_pause_protocol(slf);
+            }
+            if inner.pipe_state != PipeState::Open {
+                // poll() cannot tell: the reader has usually started copying
+                // the pipe out already, which makes it look writable.
+                let arm = inner.pipe_state == PipeState::MaybeFull && !inner.fallback_armed;
+                inner.pipe_state = PipeState::Full;
+                inner.fallback_armed |= arm;
+                drop(inner);
+                this.queue(py, data, &view, 0);
+                Self::watch_write(slf)?;
+                if arm {
+                    let cb = slf.getattr(intern!(py, "_write_fallback"))?;
+                    this.loop_obj
+                        .bind(py)
+                        .call_method1(intern!(py, "call_later"), (PIPE_EDGE_FALLBACK, cb))?;
+                }
                 return Self::maybe_pause_protocol(slf);
             }
         }
@@ -746,11 +908,12 @@ impl StreamTransport {
             Err(e) if would_block(&e) => 0,
             Err(e) => return Self::fatal_error(slf, PyErr::from(e), this.write_error_message()),
         };
+        this.inner.borrow_mut(py).pipe_state = this.pipe_state_after(sent, view.len());
         this.core(py).count_bytes(py, 0, sent);
         if sent == view.len() {
             return Ok(());
         }
-        this.queue(py, &view.as_slice()[sent..]);
+        this.queue(py, data, &view, sent);
         drop(view);
         Self::watch_write(slf)?;
         Self::maybe_pause_protocol(slf)
@@ -784,65 +947,68 @@ impl StreamTransport {
             this.core(py).unwatch_fd(py, this.fd, true)?;
             return Self::fatal_error(slf, Self::ebadf(), this.write_error_message());
         }
-        let result = {
-            let inner = this.inner.borrow_mut(py);
-            if inner.conn_lost > 0 || inner.wbuf.is_empty() {
-                None
-            } else {
-                let mut iov: Vec<libc::iovec> =
-                    Vec::with_capacity(inner.wbuf.len().min(MAX_IOVECS));
-                for (i, chunk) in inner.wbuf.iter().take(MAX_IOVECS).enumerate() {
-                    let off = if i == 0 { inner.wbuf_off } else { 0 };
-                    iov.push(libc::iovec {
-                        iov_base: chunk[off..].as_ptr() as *mut libc::c_void,
-                        iov_len: chunk.len() - off,
-                    });
+        let edge = this.edge_mode();
+        let mut first = true;
+        let (empty, closing, eof) = loop {
+            let result = {
+                let mut inner = this.inner.borrow_mut(py);
+                if first {
+                    // An edge: the pipe has room again.
+                    inner.pipe_state = PipeState::Open;
                 }
-                Some(this.sys_writev(&iov))
-            }
-        };
-        let Some(result) = result else {
-            this.core(py).unwatch_fd(py, this.fd, true)?;
-            return Ok(());
-        };
-        let mut sent = match result {
-            Ok(n) => n,
-            Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => {
-                this.core(py).unwatch_fd(py, this.fd, true)?;
-                {
-                    let mut inner = this.inner.borrow_mut(py);
-                    inner.wbuf.clear();
-                    inner.wbuf_off = 0;
-                    inner.wbuf_size = 0;
-                }
-                this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
-                return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
-            }
-        };
-        this.core(py).count_bytes(py, 0, sent);
-        let (empty, closing, eof) = {
-            let mut inner = this.inner.borrow_mut(py);
-            inner.wbuf_size -= sent;
-            while sent > 0 {
-                let Some(front) = inner.wbuf.front() else {
-                    break;
-                };
-                let left = front.len() - inner.wbuf_off;
-                if sent >= left {
-                    sent -= left;
-                    inner.wbuf.pop_front();
-                    inner.wbuf_off = 0;
+                if inner.conn_lost > 0 || inner.wbuf.is_empty() {
+                    None
                 } else {
-                    inner.wbuf_off += sent;
-                    sent = 0;
+                    let iov = inner.wbuf.iovecs(py, MAX_IOVECS);
+                    let wanted: usize = iov.iter().map(|v| v.iov_len).sum();
+                    Some((this.sys_writev(&iov), wanted))
                 }
+            };
+            let Some((result, wanted)) = result else {
+                // Only on the first round: later ones run with data queued.
+                if !edge || this.inner.borrow_mut(py).conn_lost > 0 {
+                    this.core(py).unwatch_fd(py, this.fd, true)?;
+                }
+                return Ok(());
+            };
+            let sent = match result {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => {
+                    if edge {
+                        this.inner.borrow_mut(py).pipe_state = PipeState::Full;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    this.core(py).unwatch_fd(py, this.fd, true)?;
+                    {
+                        let mut inner = this.inner.borrow_mut(py);
+                        inner.wbuf.clear();
+                    }
+                    this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
+                    return Self::fatal_error(slf, PyErr::from(e), this.write_error_message());
+                }
+            };
+            first = false;
+            this.core(py).count_bytes(py, 0, sent);
+            let mut inner = this.inner.borrow_mut(py);
+            inner.wbuf.consume(py, sent);
+            let mut state = this.pipe_state_after(sent, wanted);
+            if state == PipeState::MaybeFull && !inner.wbuf.is_empty() && this.pipe_looks_full() {
+                state = PipeState::Full;
             }
-            (inner.wbuf.is_empty(), inner.closing, inner.eof_requested)
+            inner.pipe_state = state;
+            // In edge mode no new event comes while the pipe has room: keep
+            // writing what did not fit in one writev's iovecs.
+            if !edge || state == PipeState::Full || inner.wbuf.is_empty() {
+                break (inner.wbuf.is_empty(), inner.closing, inner.eof_requested);
+            }
         };
         Self::maybe_resume_protocol(slf)?;
         if empty {
-            this.core(py).unwatch_fd(py, this.fd, true)?;
+            if !this.edge_mode() || closing {
+                this.core(py).unwatch_fd(py, this.fd, true)?;
+            }
             this.resolve_flush_waiters(py, None)?;
             if closing {
                 if this.kind == Kind::WritePipe {
@@ -855,6 +1021,28 @@ impl StreamTransport {
             }
         }
         Ok(())
+    }
+
+    /// Safety net of edge mode: a pipe we took for full after writing its
+    /// capacity, but that someone enlarged meanwhile, sends no edge. Writes
+    /// when the pipe has room and data still waits for an edge.
+    fn _write_fallback(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            inner.fallback_armed = false;
+            if inner.conn_lost > 0
+                || inner.sock.is_none()
+                || inner.wbuf.is_empty()
+                || inner.pipe_state != PipeState::Full
+                || this.pipe_looks_full()
+            {
+                // Full for real: the reader's next read sends the edge.
+                return Ok(());
+            }
+        }
+        Self::_write_ready(slf)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -871,7 +1059,7 @@ impl StreamTransport {
                         return Ok(());
                     }
                     inner.closing = true;
-                    inner.wbuf_size > 0
+                    !inner.wbuf.is_empty()
                 };
                 if !buffered {
                     this.inner.borrow_mut(py).conn_lost += 1;
@@ -887,7 +1075,7 @@ impl StreamTransport {
                         return Ok(());
                     }
                     inner.eof_requested = true;
-                    inner.wbuf_size > 0
+                    !inner.wbuf.is_empty()
                 };
                 if !buffered {
                     // SAFETY: shutdown on our own socket fd.
@@ -919,7 +1107,7 @@ impl StreamTransport {
                 return Ok(());
             }
             inner.closing = true;
-            inner.wbuf_size > 0
+            !inner.wbuf.is_empty()
         };
         this.core(py).unwatch_fd(py, this.fd, false)?;
         if !buffered {
@@ -1017,7 +1205,7 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.inner.borrow_mut(py).wbuf_size
+        self.inner.borrow_mut(py).wbuf.len()
     }
 
     #[pyo3(signature = (name, default=None))]
@@ -1179,7 +1367,7 @@ impl StreamTransport {
             "<{kind}{state} fd={} read={} write=<bufsize={}>>",
             self.fd,
             if inner.paused { "paused" } else { "polling" },
-            inner.wbuf_size
+            inner.wbuf.len()
         )
     }
 

@@ -46,6 +46,46 @@ def test_read_pipe(loop):
     assert rf.closed
 
 
+def test_read_pipe_bulk(loop, loop_kind):
+    """Megabytes through a big pipe arrive intact and in order; tokioloop
+    hands them over in chunks of at most 256 KiB (sized to what the pipe holds)."""
+    import fcntl
+    import threading
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+    rf = open(r, "rb", buffering=0)
+    payload = os.urandom(1 << 16) * 48 + b"tail"  # 3 MiB + 4
+    sizes = []
+
+    def writer():
+        with open(w, "wb", buffering=0) as wf:
+            view = memoryview(payload)
+            while view:
+                view = view[wf.write(view[: 700_000]) :]
+
+    async def main():
+        class P(CollectProtocol):
+            def data_received(self, data):
+                sizes.append(len(data))
+                super().data_received(data)
+
+        proto = P(loop)
+        await loop.connect_read_pipe(lambda: proto, rf)
+        t = threading.Thread(target=writer)
+        t.start()
+        await proto.done
+        t.join()
+        return bytes(proto.data)
+
+    assert run(loop, main()) == payload
+    if loop_kind == "tokioloop":
+        assert max(sizes) <= 256 * 1024
+
+
 def test_read_pipe_close(loop):
     r, w = os.pipe()
     rf = open(r, "rb", buffering=0)
@@ -322,5 +362,182 @@ def test_start_tls_refuses_pipe_transport(loop):
 
     try:
         run(loop, main())
+    finally:
+        os.close(r)
+
+
+def _drain_in_thread(fd, into):
+    """Reads fd (blocking) to EOF into the list `into`, in a thread."""
+    import threading
+
+    def reader():
+        while chunk := os.read(fd, 1 << 20):
+            into.append(chunk)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    return t
+
+
+def _mixed_writes(tr):
+    """Writes bytes, a bytearray and a memoryview that the caller then
+    mutates, and many small writes; returns what must arrive."""
+    big = os.urandom(1 << 20)  # more than a pipe or socket takes at once
+    ba = bytearray(b"A" * 300_000)
+    mv_src = bytearray(b"M" * 200_000)
+    expected = [big]
+    tr.write(big)
+    tr.write(ba)
+    expected.append(bytes(ba))
+    ba[:] = b"Z" * len(ba)  # mutated after write(): must not change what is sent
+    ba.extend(b"more")
+    tr.write(memoryview(mv_src)[1000:])
+    expected.append(bytes(mv_src[1000:]))
+    mv_src[:] = b"N" * len(mv_src)
+    for i in range(2000):
+        small = b"%05d;" % i
+        tr.write(small)
+        expected.append(small)
+    tail = b"T" * 40_000 + b"end"
+    tr.write(tail)
+    expected.append(tail)
+    return b"".join(expected)
+
+
+def test_write_pipe_queued_data_intact(loop):
+    """Data queued behind a full pipe (bytes kept by reference, mutable
+    buffers copied) arrives intact and in order."""
+    r, w = os.pipe()
+    wf = open(w, "wb", buffering=0)
+    got = []
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        expected = _mixed_writes(tr)
+        assert tr.get_write_buffer_size() > 0
+        t = _drain_in_thread(r, got)
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return expected
+
+    try:
+        expected = run(loop, main())
+    finally:
+        os.close(r)
+    assert b"".join(got) == expected
+
+
+def test_socket_queued_data_intact(loop):
+    """The same over a stream socket transport (shared with TCP)."""
+    a, b = socket.socketpair()
+    got = []
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.create_unix_connection(lambda: proto, sock=a)
+        expected = _mixed_writes(tr)
+        assert tr.get_write_buffer_size() > 0
+        t = _drain_in_thread(b.fileno(), got)
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return expected
+
+    try:
+        expected = run(loop, main())
+    finally:
+        b.close()
+    assert b"".join(got) == expected
+
+
+def test_write_pipe_exactly_filled_then_more(loop):
+    """A write of exactly the pipe's size fills it; what follows is written
+    once a slow reader (small reads) makes room, to the last byte."""
+    import fcntl
+
+    r, w = os.pipe()
+    size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    wf = open(w, "wb", buffering=0)
+    got = []
+
+    def slow_reader():
+        import time
+
+        while chunk := os.read(r, 1000):
+            got.append(chunk)
+            time.sleep(0.0002)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        first = os.urandom(size)
+        tr.write(first)
+        rest = [os.urandom(n) for n in (1, 100, 5000, 200_000, 3)]
+        for chunk in rest:
+            tr.write(chunk)
+        import threading
+
+        t = threading.Thread(target=slow_reader)
+        t.start()
+        tr.close()
+        await proto.done
+        await loop.run_in_executor(None, t.join)
+        return first + b"".join(rest)
+
+    try:
+        expected = run(loop, main())
+    finally:
+        os.close(r)
+    assert b"".join(got) == expected
+
+
+def test_write_pipe_enlarged_behind_the_transport(loop):
+    """The pipe is made bigger after the transport measured it: a write of
+    the old size no longer fills it, and what follows must still go out
+    (tokioloop's edge mode must not wait for an EPOLLOUT edge forever)."""
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 65536)
+    except OSError:
+        pytest.skip("cannot size pipes here")
+    wf = open(w, "wb", buffering=0)
+    os.set_blocking(r, False)
+
+    async def main():
+        proto = CollectProtocol(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: proto, wf)
+        tr.write(b"x" * 100_000)  # more than fits: the write watch is armed
+        got = b""
+        while len(got) < 100_000:
+            await asyncio.sleep(0.001)
+            try:
+                got += os.read(r, 1 << 20)
+            except BlockingIOError:
+                pass
+        assert got == b"x" * 100_000
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pytest.skip("cannot enlarge pipes here")
+        tr.write(b"a" * 65536)  # the old size: the pipe is not full now
+        got = os.read(r, 1 << 20)  # the reader takes it all: no EPOLLOUT edge
+        tr.write(b"b" * 1000)
+        deadline = loop.time() + 5
+        while len(got) < 66536 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            try:
+                got += os.read(r, 1 << 20)
+            except BlockingIOError:
+                pass
+        tr.close()
+        await proto.done
+        return got
+
+    try:
+        assert run(loop, main()) == b"a" * 65536 + b"b" * 1000
     finally:
         os.close(r)

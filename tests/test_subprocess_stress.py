@@ -240,6 +240,71 @@ def test_large_transfer_integrity(kind):
     assert run(kind, scenario) == (size, True, 0)
 
 
+_STDIN_SINK = (
+    "import hashlib, sys\n"
+    "h = hashlib.sha256()\n"
+    "n = 0\n"
+    "inp = sys.stdin.buffer.raw\n"
+    "while True:\n"
+    "    d = inp.read(1 << 20)\n"
+    "    if not d:\n"
+    "        break\n"
+    "    n += len(d)\n"
+    "    h.update(d)\n"
+    "print(n, h.hexdigest())\n"
+)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_100mb_to_stdin_complete_and_bounded(kind):
+    """100 MB written to a child's stdin (write + drain of 1 MiB) arrive
+    complete and in order, with the write buffer bounded by flow control."""
+    seed = os.urandom(1 << 20)
+
+    async def scenario():
+        proc = await asyncio.create_subprocess_exec(PY, "-c", _STDIN_SINK, stdin=PIPE, stdout=PIPE)
+        transport = proc._transport.get_pipe_transport(0)
+        h = hashlib.sha256()
+        max_buffered = 0
+        for i in range(100):
+            chunk = seed[i:] + seed[:i]
+            h.update(chunk)
+            proc.stdin.write(chunk)
+            max_buffered = max(max_buffered, transport.get_write_buffer_size())
+            await proc.stdin.drain()
+        proc.stdin.close()
+        out, _ = await proc.communicate()
+        return out.split(), h.hexdigest(), max_buffered, proc.returncode
+
+    (n, digest), expected, max_buffered, rc = run(kind, scenario)
+    assert (int(n), digest.decode(), rc) == (100 << 20, expected, 0)
+    assert max_buffered <= 1 << 20
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_one_huge_stdin_write_is_not_copied(kind):
+    """A 64 MB bytes object written in one go (no drain) arrives complete; on
+    tokioloop the unsent rest is the caller's object, kept by reference, not
+    a copy."""
+    payload = os.urandom(1 << 20) * 64
+
+    async def scenario():
+        proc = await asyncio.create_subprocess_exec(PY, "-c", _STDIN_SINK, stdin=PIPE, stdout=PIPE)
+        before = sys.getrefcount(payload)
+        proc.stdin.write(payload)
+        queued = proc._transport.get_pipe_transport(0).get_write_buffer_size()
+        held = sys.getrefcount(payload) - before
+        proc.stdin.close()
+        out, _ = await proc.communicate()
+        return out.split(), queued, held, proc.returncode
+
+    (n, digest), queued, held, rc = run(kind, scenario)
+    assert (int(n), digest.decode(), rc) == (len(payload), hashlib.sha256(payload).hexdigest(), 0)
+    assert queued > 0  # more than a pipe takes at once
+    if kind == "tokioloop":
+        assert held == 1
+
+
 def test_many_sequential_spawns_leak_nothing():
     async def scenario():
         for i in range(300):
