@@ -440,6 +440,8 @@ impl CoreLoop {
                 let Some(h) = this.state.borrow_mut(py).ready.pop_front() else {
                     break;
                 };
+                // As a Bound its release is a plain decref (no thread-state lookup).
+                let h = h.into_bound(py);
                 let handle = h.get();
                 let t0 = if timed { now_for_timing() } else { 0.0 };
                 let res = handle.run(py);
@@ -452,12 +454,7 @@ impl CoreLoop {
                     if pyhelpers::is_exit_exception(py, &e) {
                         return Err(e);
                     }
-                    pyhelpers::report_callback_error(
-                        py,
-                        Some(slf.as_any()),
-                        h.bind(py).as_any(),
-                        e,
-                    )?;
+                    pyhelpers::report_callback_error(py, Some(slf.as_any()), h.as_any(), e)?;
                 }
                 if timed {
                     // Read thresholds after the callback: it may have changed them.
@@ -470,14 +467,14 @@ impl CoreLoop {
                         )
                     };
                     if debug && dt >= slow {
-                        pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
+                        pyhelpers::log_slow_callback(py, h.as_any(), dt)?;
                     } else if let Some(t) = threshold {
                         if dt >= t {
                             this.state.borrow_mut(py).stats.blocking_reports += 1;
                             pyhelpers::report_blocking_call(
                                 py,
                                 slf.as_any(),
-                                h.bind(py).as_any(),
+                                h.as_any(),
                                 dt,
                                 hook,
                             )?;

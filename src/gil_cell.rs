@@ -19,6 +19,10 @@ impl<T> GilRefCell<T> {
         GilRefCell(RefCell::new(value))
     }
 
+    pub fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+
     #[inline]
     pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> RefMut<'a, T> {
         self.0.borrow_mut()

@@ -77,8 +77,9 @@ impl Handle {
             if inner.cancelled {
                 return Ok(());
             }
+            // Bound clones: a plain incref/decref pair, no thread-state lookup.
             match (&inner.callback, &inner.args) {
-                (Some(cb), Some(args)) => (cb.clone_ref(py), args.clone_ref(py)),
+                (Some(cb), Some(args)) => (cb.bind(py).clone(), args.bind(py).clone()),
                 _ => return Ok(()),
             }
         };
@@ -458,4 +459,132 @@ pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str)
         "a callable object was expected by {method}(), got {}",
         callback.repr()?
     )))
+}
+
+// ---- raw type slots ----
+//
+// PyO3's generic tp_traverse and tp_dealloc go through trampolines (panic
+// traps, thread-state bookkeeping in thread-local storage, a walk up the type
+// chain for the base traverse): ~100-200 instructions per call. Handles are
+// created, traversed by every young-generation GC pass and freed by the
+// hundred thousand, so both slots are replaced by direct versions below. They
+// do what PyO3's would: visit the (heap) type and our references; untrack,
+// drop the Rust value, free, and release the type.
+
+/// The Rust value of a Handle object. TimerHandle (and any subclass) lays
+/// its Handle part out first, so this is valid for those too.
+#[inline(always)]
+unsafe fn handle_value(obj: *mut ffi::PyObject) -> *const Handle {
+    let py = Python::assume_attached();
+    let b = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<Handle>();
+    b.get() as *const Handle
+}
+
+#[inline(always)]
+unsafe fn timer_value(obj: *mut ffi::PyObject) -> *const TimerHandle {
+    let py = Python::assume_attached();
+    let b = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<TimerHandle>();
+    b.get() as *const TimerHandle
+}
+
+unsafe extern "C" fn handle_traverse(
+    obj: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // Instances of heap types keep their type alive.
+    let r = visit(ffi::Py_TYPE(obj).cast(), arg);
+    if r != 0 {
+        return r;
+    }
+    let h = &*handle_value(obj);
+    // Zero-filled: allocated but not yet initialised (see Handle::__traverse__).
+    if crate::gil_cell::is_null_py(&h.context) {
+        return 0;
+    }
+    let r = visit(h.context.as_ptr(), arg);
+    if r != 0 {
+        return r;
+    }
+    if let Some(inner) = h.inner.try_borrow_mut_in_gc() {
+        let refs = [
+            inner.callback.as_ref().map(|o| o.as_ptr()),
+            inner.args.as_ref().map(|o| o.as_ptr().cast()),
+            inner.source_traceback.as_ref().map(|o| o.as_ptr()),
+        ];
+        for p in refs.into_iter().flatten() {
+            let r = visit(p, arg);
+            if r != 0 {
+                return r;
+            }
+        }
+    }
+    0
+}
+
+impl Handle {
+    /// Drops the fields with the GIL known to be held (a plain Py_DECREF each,
+    /// no thread-state lookup).
+    fn release(self, py: Python<'_>) {
+        let Handle { inner, context, .. } = self;
+        let HandleInner {
+            callback,
+            args,
+            source_traceback,
+            ..
+        } = inner.into_inner();
+        drop(callback.map(|o| o.into_bound(py)));
+        drop(args.map(|o| o.into_bound(py)));
+        drop(source_traceback.map(|o| o.into_bound(py)));
+        drop(context.into_bound(py));
+    }
+}
+
+unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
+    let p = handle_value(obj).cast_mut();
+    if crate::gil_cell::is_null_py(&(*p).context) {
+        return;
+    }
+    std::ptr::read(p).release(Python::assume_attached());
+}
+
+unsafe fn free_instance(obj: *mut ffi::PyObject) {
+    let ty = ffi::Py_TYPE(obj);
+    match (*ty).tp_free {
+        Some(free) => free(obj.cast()),
+        None => ffi::PyObject_GC_Del(obj.cast()),
+    }
+    // Heap-type instances own a reference to their type.
+    ffi::Py_DECREF(ty.cast());
+}
+
+unsafe extern "C" fn handle_dealloc(obj: *mut ffi::PyObject) {
+    ffi::PyObject_GC_UnTrack(obj.cast());
+    drop_handle_value(obj);
+    free_instance(obj);
+}
+
+unsafe extern "C" fn timer_dealloc(obj: *mut ffi::PyObject) {
+    ffi::PyObject_GC_UnTrack(obj.cast());
+    std::ptr::drop_in_place(timer_value(obj).cast_mut());
+    drop_handle_value(obj);
+    free_instance(obj);
+}
+
+/// Installs the direct slots on the Handle and TimerHandle types (once, at
+/// module initialisation, before any instance or subclass exists).
+pub fn install_slots(py: Python<'_>) {
+    use pyo3::PyTypeInfo;
+    let h = Handle::type_object(py);
+    let t = TimerHandle::type_object(py);
+    // SAFETY: both are our own heap types, fully initialised; the slots are
+    // plain fields of the type object and no instance exists yet.
+    unsafe {
+        let hp = h.as_type_ptr();
+        (*hp).tp_traverse = Some(handle_traverse);
+        (*hp).tp_dealloc = Some(handle_dealloc);
+        let tp = t.as_type_ptr();
+        (*tp).tp_traverse = Some(handle_traverse);
+        (*tp).tp_dealloc = Some(timer_dealloc);
+    }
 }
