@@ -9,7 +9,7 @@
 use crate::clock;
 use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
-use crate::handles::{check_callable, Handle, TimerHandle};
+use crate::handles::{check_callable, Args, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
 use crate::pyhelpers;
 use crate::remote::Remote;
@@ -205,7 +205,7 @@ impl CoreLoop {
         py: Python<'_>,
         when: f64,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Py<TimerHandle>> {
@@ -214,7 +214,7 @@ impl CoreLoop {
             py,
             when,
             callback.clone().unbind(),
-            args.clone().unbind(),
+            args,
             context,
             debug,
             counter,
@@ -523,7 +523,7 @@ impl CoreLoop {
             Handle::new(
                 py,
                 callback.clone().unbind(),
-                args.clone().unbind(),
+                Args::from_tuple(args),
                 None,
                 debug,
             )?,
@@ -553,20 +553,13 @@ impl CoreLoop {
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
+        let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
+            .into_object(py)?
+            .unbind();
         self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
         Ok(h)
     }
@@ -575,7 +568,7 @@ impl CoreLoop {
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
@@ -591,16 +584,9 @@ impl CoreLoop {
             ));
         }
         check_callable(py, callback, "call_soon_threadsafe")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
+        let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
+            .into_object(py)?
+            .unbind();
         let _ = thread_id;
         // Holding the GIL is enough to append to the ready queue from any thread:
         // the loop thread never keeps a borrow across a GIL release. That keeps
@@ -622,7 +608,7 @@ impl CoreLoop {
         py: Python<'_>,
         delay: Option<f64>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let Some(delay) = delay else {
@@ -645,7 +631,7 @@ impl CoreLoop {
         py: Python<'_>,
         when: Option<f64>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let Some(when) = when else {
@@ -727,7 +713,9 @@ impl CoreLoop {
     /// Schedules `callback(*args)` like call_soon (current context copied).
     pub fn schedule(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         let debug = self.debug_now(py);
-        let h = Py::new(py, Handle::new(py, callback, args, None, debug)?)?;
+        let h = Handle::new(py, callback, Args::Many(args), None, debug)?
+            .into_object(py)?
+            .unbind();
         let mut st = self.state.borrow_mut(py);
         if st.closed {
             return Err(closed_error());
@@ -745,10 +733,7 @@ impl CoreLoop {
         write: bool,
     ) -> PyResult<()> {
         let debug = self.debug_now(py);
-        let handle = Py::new(
-            py,
-            Handle::new(py, callback, PyTuple::empty(py).unbind(), None, debug)?,
-        )?;
+        let handle = Py::new(py, Handle::new(py, callback, Args::Empty, None, debug)?)?;
         let previous = {
             let mut st = self.state.borrow_mut(py);
             if st.closed {
@@ -898,7 +883,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.call_soon_impl(py, callback, args, context)
+        self.call_soon_impl(py, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -909,7 +894,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.call_soon_threadsafe_impl(py, callback, args, context)
+        self.call_soon_threadsafe_impl(py, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -921,7 +906,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        self.call_later_impl(py, delay, callback, args, context)
+        self.call_later_impl(py, delay, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -933,7 +918,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        self.call_at_impl(py, when, callback, args, context)
+        self.call_at_impl(py, when, callback, Args::from_tuple(args), context)
     }
 
     /// The run loop proper; `Loop.run_forever` wraps it with asyncio's

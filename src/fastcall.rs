@@ -7,10 +7,12 @@
 //! and then run the same implementation as the PyO3 methods they replace.
 
 use crate::event_loop::CoreLoop;
+use crate::handles::Args;
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use pyo3::Borrowed;
 use pyo3::PyTypeInfo;
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,19 +21,26 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// Parsed `(fixed..., *args, context=None)` call. At most two fixed
 /// parameters exist (`delay`/`when` and `callback`), so no allocation is
 /// needed on the common path.
-struct Parsed<'py> {
-    fixed: [Option<Bound<'py, PyAny>>; 2],
-    rest: Bound<'py, PyTuple>,
+/// Borrowed straight from the vectorcall array: no reference counting and no
+/// tuple for the extra positional arguments until the handle stores them.
+struct Parsed<'a, 'py> {
+    fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2],
+    rest: &'a [*mut ffi::PyObject],
     context: Option<Py<PyAny>>,
 }
 
-impl<'py> Parsed<'py> {
+impl<'a, 'py> Parsed<'a, 'py> {
     fn arg(&self, i: usize) -> PyResult<&Bound<'py, PyAny>> {
         // `parse` fills every fixed slot or fails, so this error cannot happen;
         // it is still an error value rather than a panic.
         self.fixed[i]
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| PySystemError::new_err("tokioloop: argument parsing left a slot empty"))
+    }
+
+    fn args(&self, py: Python<'py>) -> PyResult<Args> {
+        // SAFETY: the pointers come from the vectorcall array of the ongoing call.
+        unsafe { Args::from_ptrs(py, self.rest) }
     }
 }
 
@@ -51,31 +60,31 @@ fn missing_error(method: &str, missing: &[&str]) -> PyErr {
 /// # Safety
 /// `args` must hold `nargs` positional arguments followed by one value per
 /// name in `kwnames`, as CPython's vectorcall protocol guarantees.
-unsafe fn parse<'py>(
+unsafe fn parse<'a, 'py>(
     py: Python<'py>,
     method: &str,
     fixed_names: &[&str],
     args: *const *mut ffi::PyObject,
     nargs: usize,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<Parsed<'py>> {
+) -> PyResult<Parsed<'a, 'py>> {
     let nfixed = fixed_names.len();
-    let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+    let mut fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2] = [None, None];
     for (i, slot) in fixed.iter_mut().enumerate().take(nfixed.min(nargs)) {
-        *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
+        *slot = Some(Borrowed::from_ptr(py, *args.add(i)));
     }
     let mut context = None;
     if !kwnames.is_null() {
         let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
         for (i, name) in names.iter().enumerate() {
-            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + i));
+            let value: Borrowed<'a, 'py, PyAny> = Borrowed::from_ptr(py, *args.add(nargs + i));
             // asyncio passes the same "context" string object every time:
             // compare by identity first, by value (no allocation) otherwise.
             if is_context_name(name.as_ptr()) {
                 context = if value.is_none() {
                     None
                 } else {
-                    Some(value.unbind())
+                    Some(value.to_owned().unbind())
                 };
                 continue;
             }
@@ -107,11 +116,10 @@ unsafe fn parse<'py>(
             .collect();
         return Err(missing_error(method, &missing));
     }
-    let rest = if nargs <= nfixed {
-        PyTuple::empty(py)
+    let rest: &'a [*mut ffi::PyObject] = if nargs <= nfixed {
+        &[]
     } else {
-        let extra = std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed);
-        PyTuple::new(py, extra.iter().map(|p| Bound::from_borrowed_ptr(py, *p)))?
+        std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed)
     };
     Ok(Parsed {
         fixed,
@@ -147,7 +155,7 @@ fn optional_float(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
     }
 }
 
-type Body = for<'py> fn(Python<'py>, &CoreLoop, Parsed<'py>) -> PyResult<Py<PyAny>>;
+type Body = for<'a, 'py> fn(Python<'py>, &CoreLoop, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>;
 
 /// # Safety
 /// Called by CPython through a method descriptor of the CoreLoop type, so
@@ -195,7 +203,8 @@ unsafe extern "C" fn call_soon(
         &["callback"],
         |py, core, mut p| {
             let ctx = p.context.take();
-            Ok(core.call_soon_impl(py, p.arg(0)?, &p.rest, ctx)?.into_any())
+            let args = p.args(py)?;
+            Ok(core.call_soon_impl(py, p.arg(0)?, args, ctx)?.into_any())
         },
     )
 }
@@ -216,7 +225,7 @@ unsafe extern "C" fn call_soon_threadsafe(
         |py, core, mut p| {
             let ctx = p.context.take();
             Ok(core
-                .call_soon_threadsafe_impl(py, p.arg(0)?, &p.rest, ctx)?
+                .call_soon_threadsafe_impl(py, p.arg(0)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )
@@ -239,7 +248,7 @@ unsafe extern "C" fn call_later(
             let delay = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_later_impl(py, delay, p.arg(1)?, &p.rest, ctx)?
+                .call_later_impl(py, delay, p.arg(1)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )
@@ -262,7 +271,7 @@ unsafe extern "C" fn call_at(
             let when = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_at_impl(py, when, p.arg(1)?, &p.rest, ctx)?
+                .call_at_impl(py, when, p.arg(1)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )

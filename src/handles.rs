@@ -12,10 +12,68 @@ use pyo3::PyTraverseError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// A handle's positional arguments. Calls with none or one argument (task
+/// steps, future callbacks, most user callbacks) store no tuple at all; the
+/// tuple asyncio exposes as `_args` is built on demand.
+pub enum Args {
+    Empty,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl Args {
+    /// # Safety
+    /// Every pointer in `args` is a live object; the GIL is held.
+    pub unsafe fn from_ptrs(py: Python<'_>, args: &[*mut ffi::PyObject]) -> PyResult<Args> {
+        Ok(match args {
+            [] => Args::Empty,
+            [one] => Args::One(Bound::from_borrowed_ptr(py, *one).unbind()),
+            _ => Args::Many(
+                PyTuple::new(py, args.iter().map(|p| Bound::from_borrowed_ptr(py, *p)))?.unbind(),
+            ),
+        })
+    }
+
+    pub fn from_tuple(t: &Bound<'_, PyTuple>) -> Args {
+        Args::Many(t.clone().unbind())
+    }
+
+    fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(match self {
+            Args::Empty => PyTuple::empty(py).unbind(),
+            Args::One(a) => PyTuple::new(py, [a.bind(py)])?.unbind(),
+            Args::Many(t) => t.clone_ref(py),
+        })
+    }
+
+    fn as_ptr(&self) -> Option<*mut ffi::PyObject> {
+        match self {
+            Args::Empty => None,
+            Args::One(a) => Some(a.as_ptr()),
+            Args::Many(t) => Some(t.as_ptr()),
+        }
+    }
+
+    fn release(self, py: Python<'_>) {
+        match self {
+            Args::Empty => {}
+            Args::One(a) => drop(a.into_bound(py)),
+            Args::Many(t) => drop(t.into_bound(py)),
+        }
+    }
+}
+
+/// What `Handle::run` holds on to while the callback runs.
+enum CallArgs<'py> {
+    Empty,
+    One(Bound<'py, PyAny>),
+    Many(Bound<'py, PyTuple>),
+}
+
 struct HandleInner {
     // Dropped on cancel so a cancelled handle pins nothing the user allocated.
     callback: Option<Py<PyAny>>,
-    args: Option<Py<PyTuple>>,
+    args: Option<Args>,
     cancelled: bool,
     // Set once a timer leaves the heap; a late cancel() then must not count
     // towards the heap's cancelled-entry statistics.
@@ -36,7 +94,7 @@ impl Handle {
     pub fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
@@ -79,7 +137,14 @@ impl Handle {
             }
             // Bound clones: a plain incref/decref pair, no thread-state lookup.
             match (&inner.callback, &inner.args) {
-                (Some(cb), Some(args)) => (cb.bind(py).clone(), args.bind(py).clone()),
+                (Some(cb), Some(args)) => (
+                    cb.bind(py).clone(),
+                    match args {
+                        Args::Empty => CallArgs::Empty,
+                        Args::One(a) => CallArgs::One(a.bind(py).clone()),
+                        Args::Many(t) => CallArgs::Many(t.bind(py).clone()),
+                    },
+                ),
                 _ => return Ok(()),
             }
         };
@@ -89,7 +154,22 @@ impl Handle {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let res = ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+            let res = match &args {
+                CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+                CallArgs::One(a) => {
+                    // Slot 0 is scratch space the callee may use (ARGUMENTS_OFFSET).
+                    let mut buf = [std::ptr::null_mut(), a.as_ptr()];
+                    ffi::PyObject_Vectorcall(
+                        cb.as_ptr(),
+                        buf.as_mut_ptr().add(1),
+                        1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                        std::ptr::null_mut(),
+                    )
+                }
+                CallArgs::Many(t) => {
+                    ffi::PyObject_Call(cb.as_ptr(), t.as_ptr(), std::ptr::null_mut())
+                }
+            };
             let err = if res.is_null() {
                 Some(PyErr::fetch(py))
             } else {
@@ -140,7 +220,7 @@ impl Handle {
             let inner = self.inner.borrow_mut(py);
             (
                 inner.callback.as_ref().map(|c| c.clone_ref(py)),
-                inner.args.as_ref().map(|a| a.clone_ref(py)),
+                inner.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
                 inner.cancelled,
                 inner.repr_when_cancelled.clone(),
                 inner.source_traceback.as_ref().map(|t| t.clone_ref(py)),
@@ -163,7 +243,7 @@ impl Handle {
 
 /// What a cancel takes out of a handle: callback, args, and whether it was a
 /// scheduled timer.
-type CancelledParts = (Option<Py<PyAny>>, Option<Py<PyTuple>>, bool);
+type CancelledParts = (Option<Py<PyAny>>, Option<Args>, bool);
 
 pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: GIL held; PyContext_CopyCurrent returns a new reference or NULL with an error set.
@@ -198,7 +278,13 @@ impl Handle {
         } else {
             PyTuple::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
         };
-        Handle::new(py, callback.clone().unbind(), args.unbind(), context, debug)
+        Handle::new(
+            py,
+            callback.clone().unbind(),
+            Args::Many(args.unbind()),
+            context,
+            debug,
+        )
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -231,12 +317,9 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.inner
-            .borrow_mut(py)
-            .args
-            .as_ref()
-            .map(|c| c.clone_ref(py))
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        let inner = self.inner.borrow_mut(py);
+        inner.args.as_ref().map(|a| a.to_tuple(py)).transpose()
     }
 
     #[getter]
@@ -265,7 +348,11 @@ impl Handle {
         visit.call(&self.context)?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
             visit.call(&inner.callback)?;
-            visit.call(&inner.args)?;
+            match &inner.args {
+                Some(Args::One(a)) => visit.call(a)?,
+                Some(Args::Many(t)) => visit.call(t)?,
+                _ => {}
+            }
             visit.call(&inner.source_traceback)?;
         }
         Ok(())
@@ -313,17 +400,34 @@ impl TimerHandle {
         py: Python<'_>,
         when: f64,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
         counter: CancelCounter,
     ) -> PyResult<Bound<'_, TimerHandle>> {
         let base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
-        Bound::new(
-            py,
-            PyClassInitializer::from(base).add_subclass(TimerHandle { when, counter }),
-        )
+        let timer = TimerHandle { when, counter };
+        let layout = LAYOUT.get();
+        if let Some(l) = layout {
+            // SAFETY: offsets and type measured at start-up for exactly this layout.
+            unsafe {
+                let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.timer_type);
+                if obj.is_null() {
+                    let err = PyErr::fetch(py);
+                    base.release(py);
+                    return Err(err);
+                }
+                std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), base);
+                std::ptr::write(
+                    obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
+                    timer,
+                );
+                ffi::PyObject_GC_Track(obj.cast());
+                return Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked());
+            }
+        }
+        Bound::new(py, PyClassInitializer::from(base).add_subclass(timer))
     }
 }
 
@@ -421,7 +525,7 @@ fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
         let i = ha.inner.borrow_mut(py);
         (
             i.callback.as_ref().map(|c| c.clone_ref(py)),
-            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
             i.cancelled,
         )
     };
@@ -429,7 +533,7 @@ fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
         let i = hb.inner.borrow_mut(py);
         (
             i.callback.as_ref().map(|c| c.clone_ref(py)),
-            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
             i.cancelled,
         )
     };
@@ -509,7 +613,7 @@ unsafe extern "C" fn handle_traverse(
     if let Some(inner) = h.inner.try_borrow_mut_in_gc() {
         let refs = [
             inner.callback.as_ref().map(|o| o.as_ptr()),
-            inner.args.as_ref().map(|o| o.as_ptr().cast()),
+            inner.args.as_ref().and_then(|a| a.as_ptr()),
             inner.source_traceback.as_ref().map(|o| o.as_ptr()),
         ];
         for p in refs.into_iter().flatten() {
@@ -534,7 +638,9 @@ impl Handle {
             ..
         } = inner.into_inner();
         drop(callback.map(|o| o.into_bound(py)));
-        drop(args.map(|o| o.into_bound(py)));
+        if let Some(a) = args {
+            a.release(py);
+        }
         drop(source_traceback.map(|o| o.into_bound(py)));
         drop(context.into_bound(py));
     }
@@ -571,9 +677,101 @@ unsafe extern "C" fn timer_dealloc(obj: *mut ffi::PyObject) {
     free_instance(obj);
 }
 
+/// Where the Rust values sit inside Handle and TimerHandle objects, measured
+/// at start-up on real instances, so hot paths can allocate without PyO3's
+/// initializer chain (zero-fill, base `tp_new`, then a move into place).
+struct Layout {
+    handle_type: *mut ffi::PyTypeObject,
+    timer_type: *mut ffi::PyTypeObject,
+    handle_off: usize,
+    timer_off: usize,
+}
+
+// SAFETY: the type pointers are immortal for our purposes (a reference is
+// leaked on purpose) and are only used with the GIL held.
+unsafe impl Send for Layout {}
+unsafe impl Sync for Layout {}
+
+static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+
+impl Handle {
+    /// Allocates the Python object for this handle. Unlike PyO3's path the
+    /// object is not zero-filled and is only tracked by the GC once complete.
+    pub fn into_object(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        let Some(l) = LAYOUT.get() else {
+            return Bound::new(py, self);
+        };
+        // SAFETY: offset and type measured at start-up for exactly this layout.
+        unsafe {
+            let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.handle_type);
+            if obj.is_null() {
+                let err = PyErr::fetch(py);
+                self.release(py);
+                return Err(err);
+            }
+            std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), self);
+            ffi::PyObject_GC_Track(obj.cast());
+            Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
+        }
+    }
+}
+
+/// Measures the layout on objects PyO3 itself built; any surprise leaves the
+/// fast allocation off.
+fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
+    use pyo3::PyTypeInfo;
+    let h = Bound::new(py, Handle::new(py, py.None(), Args::Empty, None, false)?)?;
+    let t = TimerHandle::create(
+        py,
+        0.0,
+        py.None(),
+        Args::Empty,
+        None,
+        false,
+        Arc::new(AtomicUsize::new(0)),
+    )?;
+    let base = |p: *mut ffi::PyObject| p as usize;
+    // SAFETY: live objects of the right types.
+    let (handle_off, t_handle_off, timer_off) = unsafe {
+        (
+            handle_value(h.as_ptr()) as usize - base(h.as_ptr()),
+            handle_value(t.as_ptr()) as usize - base(t.as_ptr()),
+            timer_value(t.as_ptr()) as usize - base(t.as_ptr()),
+        )
+    };
+    let handle_type = Handle::type_object(py).as_type_ptr();
+    let timer_type = TimerHandle::type_object(py).as_type_ptr();
+    // SAFETY: reading plain fields of our own type objects.
+    let ok = unsafe {
+        let hsize = (*handle_type).tp_basicsize as usize;
+        let tsize = (*timer_type).tp_basicsize as usize;
+        handle_off >= std::mem::size_of::<ffi::PyObject>()
+            && handle_off == t_handle_off
+            && handle_off + std::mem::size_of::<Handle>() <= hsize
+            && timer_off >= handle_off + std::mem::size_of::<Handle>()
+            && timer_off + std::mem::size_of::<TimerHandle>() <= tsize
+            && (*handle_type).tp_itemsize == 0
+            && (*timer_type).tp_itemsize == 0
+    };
+    if !ok {
+        return Ok(None);
+    }
+    // SAFETY: keep the types alive for as long as the process (the pointers are cached).
+    unsafe {
+        ffi::Py_INCREF(handle_type.cast());
+        ffi::Py_INCREF(timer_type.cast());
+    }
+    Ok(Some(Layout {
+        handle_type,
+        timer_type,
+        handle_off,
+        timer_off,
+    }))
+}
+
 /// Installs the direct slots on the Handle and TimerHandle types (once, at
 /// module initialisation, before any instance or subclass exists).
-pub fn install_slots(py: Python<'_>) {
+pub fn install_slots(py: Python<'_>) -> PyResult<()> {
     use pyo3::PyTypeInfo;
     let h = Handle::type_object(py);
     let t = TimerHandle::type_object(py);
@@ -587,4 +785,10 @@ pub fn install_slots(py: Python<'_>) {
         (*tp).tp_traverse = Some(handle_traverse);
         (*tp).tp_dealloc = Some(timer_dealloc);
     }
+    if LAYOUT.get().is_none() {
+        if let Some(layout) = measure_layout(py)? {
+            let _ = LAYOUT.set(layout);
+        }
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    handles::install_slots(m.py());
+    handles::install_slots(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
