@@ -57,6 +57,53 @@ fn missing_error(method: &str, missing: &[&str]) -> PyErr {
     ))
 }
 
+/// The common shapes, `f(fixed..., *rest)` and `f(fixed..., *rest,
+/// context=ctx)` with asyncio's own "context" string, without the general
+/// keyword matching below. `None` means: use `parse`.
+///
+/// # Safety
+/// As for `parse`.
+#[inline(always)]
+unsafe fn parse_fast<'a, 'py>(
+    py: Python<'py>,
+    nfixed: usize,
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> Option<Parsed<'a, 'py>> {
+    if nargs < nfixed || nfixed == 0 || nfixed > 2 {
+        return None;
+    }
+    let context = if kwnames.is_null() {
+        None
+    } else {
+        if ffi::PyTuple_GET_SIZE(kwnames) != 1
+            || ffi::PyTuple_GET_ITEM(kwnames, 0) != CONTEXT_NAME.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let value = *args.add(nargs);
+        if value == ffi::Py_None() {
+            None
+        } else {
+            Some(Borrowed::from_ptr(py, value).to_owned().unbind())
+        }
+    };
+    let fixed = [
+        Some(Borrowed::from_ptr(py, *args)),
+        if nfixed == 2 {
+            Some(Borrowed::from_ptr(py, *args.add(1)))
+        } else {
+            None
+        },
+    ];
+    Some(Parsed {
+        fixed,
+        rest: std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed),
+        context,
+    })
+}
+
 /// # Safety
 /// `args` must hold `nargs` positional arguments followed by one value per
 /// name in `kwnames`, as CPython's vectorcall protocol guarantees.
@@ -160,6 +207,7 @@ type Body = for<'a, 'py> fn(Python<'py>, &CoreLoop, Parsed<'a, 'py>) -> PyResult
 /// # Safety
 /// Called by CPython through a method descriptor of the CoreLoop type, so
 /// `slf` is a CoreLoop (or subclass) instance and the GIL is held.
+#[inline(always)]
 unsafe fn entry(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -172,7 +220,11 @@ unsafe fn entry(
     let py = Python::assume_attached();
     let result = catch_unwind(AssertUnwindSafe(|| -> PyResult<Py<PyAny>> {
         let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<CoreLoop>();
-        let parsed = parse(py, method, fixed, args, nargs.max(0) as usize, kwnames)?;
+        let nargs = nargs.max(0) as usize;
+        let parsed = match parse_fast(py, fixed.len(), args, nargs, kwnames) {
+            Some(p) => p,
+            None => parse(py, method, fixed, args, nargs, kwnames)?,
+        };
         body(py, this.get(), parsed)
     }));
     match result {
@@ -194,6 +246,20 @@ unsafe extern "C" fn call_soon(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // Every task step and future callback comes through here as
+    // `call_soon(f)`, `call_soon(f, arg)` or `call_soon(f, context=ctx)`:
+    // those shapes skip the general parser and Result plumbing below.
+    if nargs == 1 || nargs == 2 {
+        let nargs = nargs as usize;
+        if let Some(ctx) = plain_context(args, nargs, kw) {
+            let py = Python::assume_attached();
+            let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+            let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
+            if let Some(res) = this.get().call_soon_fast(py, *args, rest, ctx) {
+                return res;
+            }
+        }
+    }
     entry(
         slf,
         args,
@@ -229,6 +295,31 @@ unsafe extern "C" fn call_soon_threadsafe(
                 .into_any())
         },
     )
+}
+
+/// The context of a `(..., context=ctx)` call made with asyncio's own
+/// "context" string: `Some(NULL)` for none (or None), `None` for any other
+/// keyword shape (use the general parser).
+#[inline(always)]
+unsafe fn plain_context(
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kw: *mut ffi::PyObject,
+) -> Option<*mut ffi::PyObject> {
+    if kw.is_null() {
+        return Some(std::ptr::null_mut());
+    }
+    if ffi::PyTuple_GET_SIZE(kw) != 1
+        || ffi::PyTuple_GET_ITEM(kw, 0) != CONTEXT_NAME.load(Ordering::Relaxed)
+    {
+        return None;
+    }
+    let v = *args.add(nargs);
+    Some(if v == ffi::Py_None() {
+        std::ptr::null_mut()
+    } else {
+        v
+    })
 }
 
 unsafe extern "C" fn call_later(

@@ -78,9 +78,24 @@ struct HandleInner {
     // Set once a timer leaves the heap; a late cancel() then must not count
     // towards the heap's cancelled-entry statistics.
     scheduled: bool,
+    // Debug mode only, boxed to keep handles small (two cache lines at most).
+    debug_info: Option<Box<DebugInfo>>,
+}
+
+#[derive(Default)]
+struct DebugInfo {
+    // The repr cached at cancel() time, as asyncio's debug mode does.
     repr_when_cancelled: Option<String>,
-    // Where the handle was created, recorded in debug mode only (asyncio's `_source_traceback`).
+    // Where the handle was created (asyncio's `_source_traceback`).
     source_traceback: Option<Py<PyAny>>,
+}
+
+impl HandleInner {
+    fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.debug_info
+            .as_ref()
+            .and_then(|d| d.source_traceback.as_ref())
+    }
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen)]
@@ -113,8 +128,12 @@ impl Handle {
                 args: Some(args),
                 cancelled: false,
                 scheduled: false,
-                repr_when_cancelled: None,
-                source_traceback,
+                debug_info: source_traceback.map(|tb| {
+                    Box::new(DebugInfo {
+                        repr_when_cancelled: None,
+                        source_traceback: Some(tb),
+                    })
+                }),
             }),
             context,
             debug,
@@ -222,8 +241,11 @@ impl Handle {
                 inner.callback.as_ref().map(|c| c.clone_ref(py)),
                 inner.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
                 inner.cancelled,
-                inner.repr_when_cancelled.clone(),
-                inner.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+                inner
+                    .debug_info
+                    .as_ref()
+                    .and_then(|d| d.repr_when_cancelled.clone()),
+                inner.source_traceback().map(|t| t.clone_ref(py)),
             )
         };
         if let Some(s) = cached {
@@ -235,7 +257,11 @@ impl Handle {
     fn cache_repr_if_debug(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<()> {
         if self.debug {
             let r = self.repr_as(py, kind, when, true)?;
-            self.inner.borrow_mut(py).repr_when_cancelled = Some(r);
+            self.inner
+                .borrow_mut(py)
+                .debug_info
+                .get_or_insert_with(Default::default)
+                .repr_when_cancelled = Some(r);
         }
         Ok(())
     }
@@ -336,8 +362,7 @@ impl Handle {
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.inner
             .borrow_mut(py)
-            .source_traceback
-            .as_ref()
+            .source_traceback()
             .map(|t| t.clone_ref(py))
     }
 
@@ -353,7 +378,7 @@ impl Handle {
                 Some(Args::Many(t)) => visit.call(t)?,
                 _ => {}
             }
-            visit.call(&inner.source_traceback)?;
+            visit.call(inner.source_traceback())?;
         }
         Ok(())
     }
@@ -363,7 +388,7 @@ impl Handle {
             (
                 inner.callback.take(),
                 inner.args.take(),
-                inner.source_traceback.take(),
+                inner.debug_info.take(),
             )
         });
         drop(taken);
@@ -614,7 +639,7 @@ unsafe extern "C" fn handle_traverse(
         let refs = [
             inner.callback.as_ref().map(|o| o.as_ptr()),
             inner.args.as_ref().and_then(|a| a.as_ptr()),
-            inner.source_traceback.as_ref().map(|o| o.as_ptr()),
+            inner.source_traceback().map(|o| o.as_ptr()),
         ];
         for p in refs.into_iter().flatten() {
             let r = visit(p, arg);
@@ -634,14 +659,16 @@ impl Handle {
         let HandleInner {
             callback,
             args,
-            source_traceback,
+            debug_info,
             ..
         } = inner.into_inner();
         drop(callback.map(|o| o.into_bound(py)));
         if let Some(a) = args {
             a.release(py);
         }
-        drop(source_traceback.map(|o| o.into_bound(py)));
+        if let Some(tb) = debug_info.and_then(|d| d.source_traceback) {
+            drop(tb.into_bound(py));
+        }
         drop(context.into_bound(py));
     }
 }
@@ -651,7 +678,23 @@ unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
     if crate::gil_cell::is_null_py(&(*p).context) {
         return;
     }
-    std::ptr::read(p).release(Python::assume_attached());
+    let py = Python::assume_attached();
+    // Field by field in place (no move of the whole value), in declaration
+    // order as a plain drop would.
+    let h = &mut *p;
+    let inner = h.inner.get_mut();
+    if let Some(cb) = inner.callback.take() {
+        drop(cb.into_bound(py));
+    }
+    if let Some(a) = inner.args.take() {
+        a.release(py);
+    }
+    if let Some(d) = inner.debug_info.take() {
+        if let Some(tb) = d.source_traceback {
+            drop(tb.into_bound(py));
+        }
+    }
+    drop(std::ptr::read(&h.context).into_bound(py));
 }
 
 unsafe fn free_instance(obj: *mut ffi::PyObject) {
@@ -713,6 +756,87 @@ impl Handle {
             ffi::PyObject_GC_Track(obj.cast());
             Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
         }
+    }
+}
+
+/// Allocates and fills a plain (non-debug) handle of type `ty` for `cb(arg)`
+/// (or `cb()`); `ctx` null means a copy of the current context. The object
+/// is returned untracked (the caller completes it, then tracks it), or NULL
+/// with the error set.
+///
+/// # Safety
+/// GIL held; the pointers are live objects (borrowed); `ty` is Handle or
+/// TimerHandle with the Handle value at `l.handle_off`.
+#[inline(always)]
+unsafe fn alloc_fast(
+    py: Python<'_>,
+    l: &Layout,
+    ty: *mut ffi::PyTypeObject,
+    cb: *mut ffi::PyObject,
+    arg: Option<*mut ffi::PyObject>,
+    ctx: *mut ffi::PyObject,
+    scheduled: bool,
+) -> *mut ffi::PyObject {
+    let context = if ctx.is_null() {
+        let c = ffi::PyContext_CopyCurrent();
+        if c.is_null() {
+            return c;
+        }
+        c
+    } else {
+        ffi::Py_INCREF(ctx);
+        ctx
+    };
+    let obj = ffi::PyObject_GC_New::<ffi::PyObject>(ty);
+    if obj.is_null() {
+        ffi::Py_DECREF(context);
+        return obj;
+    }
+    ffi::Py_INCREF(cb);
+    let args = match arg {
+        None => Args::Empty,
+        Some(a) => {
+            ffi::Py_INCREF(a);
+            Args::One(Bound::from_owned_ptr(py, a).unbind())
+        }
+    };
+    std::ptr::write(
+        obj.cast::<u8>().add(l.handle_off).cast::<Handle>(),
+        Handle {
+            inner: GilRefCell::new(HandleInner {
+                callback: Some(Bound::from_owned_ptr(py, cb).unbind()),
+                args: Some(args),
+                cancelled: false,
+                scheduled,
+                debug_info: None,
+            }),
+            context: Bound::from_owned_ptr(py, context).unbind(),
+            debug: false,
+        },
+    );
+    obj
+}
+
+impl Handle {
+    /// A plain handle built in place (see `alloc_fast`): a new reference,
+    /// NULL with the error set, or `None` when the layout is unknown (use
+    /// the general path).
+    ///
+    /// # Safety
+    /// As for `alloc_fast`.
+    #[inline(always)]
+    pub unsafe fn new_object_fast(
+        py: Python<'_>,
+        cb: *mut ffi::PyObject,
+        arg: Option<*mut ffi::PyObject>,
+        ctx: *mut ffi::PyObject,
+    ) -> Option<*mut ffi::PyObject> {
+        let l = LAYOUT.get()?;
+        let obj = alloc_fast(py, l, l.handle_type, cb, arg, ctx, false);
+        if !obj.is_null() {
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+        Some(obj)
     }
 }
 
