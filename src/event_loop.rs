@@ -599,6 +599,53 @@ impl CoreLoop {
         }
     }
 
+    /// `call_later`/`call_at` for the common case, as `call_soon_fast`.
+    ///
+    /// # Safety
+    /// As for `call_soon_fast`.
+    #[inline(always)]
+    pub unsafe fn call_at_fast(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 || when.is_nan() {
+            return None;
+        }
+        let counter = {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+            st.timers.counter()
+        };
+        let obj = TimerHandle::new_object_fast(py, when, cb, rest.first().copied(), ctx, counter)?;
+        if obj.is_null() {
+            return Some(obj);
+        }
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                pyo3::ffi::Py_INCREF(obj);
+                st.timers.push(
+                    when,
+                    Bound::from_owned_ptr(py, obj)
+                        .cast_into_unchecked::<TimerHandle>()
+                        .unbind(),
+                );
+                st.stats.timers_scheduled += 1;
+                Some(obj)
+            }
+            None => {
+                pyo3::ffi::Py_DECREF(obj);
+                PyRuntimeError::new_err("call_at() re-entered the loop's state").restore(py);
+                Some(std::ptr::null_mut())
+            }
+        }
+    }
+
     pub fn call_soon_impl(
         &self,
         py: Python<'_>,

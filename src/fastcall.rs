@@ -322,12 +322,59 @@ unsafe fn plain_context(
     })
 }
 
+/// An exact float or int as f64; anything else (or an overflow) takes the
+/// general path, which raises asyncio's errors.
+#[inline(always)]
+unsafe fn plain_number(obj: *mut ffi::PyObject) -> Option<f64> {
+    if ffi::PyFloat_CheckExact(obj) != 0 {
+        return Some(ffi::PyFloat_AS_DOUBLE(obj));
+    }
+    if ffi::PyLong_CheckExact(obj) != 0 {
+        let v = ffi::PyLong_AsDouble(obj);
+        if v == -1.0 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        return Some(v);
+    }
+    None
+}
+
+/// Fast path shared by call_later and call_at: `(number, callback[, arg])`.
+#[inline(always)]
+unsafe fn timer_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+    relative: bool,
+) -> Option<*mut ffi::PyObject> {
+    if nargs != 2 && nargs != 3 {
+        return None;
+    }
+    let nargs = nargs as usize;
+    let ctx = plain_context(args, nargs, kw)?;
+    let t = plain_number(*args)?;
+    let when = if relative {
+        crate::clock::monotonic() + t
+    } else {
+        t
+    };
+    let py = Python::assume_attached();
+    let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+    let rest = std::slice::from_raw_parts(args.add(2), nargs - 2);
+    this.get().call_at_fast(py, when, *args.add(1), rest, ctx)
+}
+
 unsafe extern "C" fn call_later(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if let Some(res) = timer_fast(slf, args, nargs, kw, true) {
+        return res;
+    }
     entry(
         slf,
         args,
@@ -351,6 +398,9 @@ unsafe extern "C" fn call_at(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if let Some(res) = timer_fast(slf, args, nargs, kw, false) {
+        return res;
+    }
     entry(
         slf,
         args,

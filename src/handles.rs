@@ -9,8 +9,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// A handle's positional arguments. Calls with none or one argument (task
 /// steps, future callbacks, most user callbacks) store no tuple at all; the
@@ -412,7 +411,36 @@ impl Handle {
 
 /// Shared with the loop's timer heap: how many scheduled timers were cancelled,
 /// so the heap can be compacted before dead entries pile up.
-pub type CancelCounter = Arc<AtomicUsize>;
+///
+/// Not atomic: every clone, drop and update happens with the GIL held (timer
+/// handles are created, cancelled and freed under it, and so is the loop that
+/// owns the heap), so a plain reference count and cell suffice, and a timer's
+/// life costs no locked instructions.
+#[derive(Clone, Default)]
+pub struct CancelCounter(std::rc::Rc<std::cell::Cell<usize>>);
+
+// SAFETY: see above; the GIL serialises every access to the Rc and the Cell.
+unsafe impl Send for CancelCounter {}
+unsafe impl Sync for CancelCounter {}
+
+impl CancelCounter {
+    #[inline]
+    pub fn load(&self, _order: Ordering) -> usize {
+        self.0.get()
+    }
+
+    #[inline]
+    pub fn store(&self, value: usize, _order: Ordering) {
+        self.0.set(value)
+    }
+
+    #[inline]
+    pub fn fetch_add(&self, value: usize, _order: Ordering) -> usize {
+        let old = self.0.get();
+        self.0.set(old.wrapping_add(value));
+        old
+    }
+}
 
 #[pyclass(module = "tokioloop._tokioloop", extends = Handle, frozen)]
 pub struct TimerHandle {
@@ -840,6 +868,34 @@ impl Handle {
     }
 }
 
+impl TimerHandle {
+    /// Like `Handle::new_object_fast`, for a timer due at `when` that is
+    /// about to enter the heap.
+    ///
+    /// # Safety
+    /// As for `alloc_fast`.
+    #[inline(always)]
+    pub unsafe fn new_object_fast(
+        py: Python<'_>,
+        when: f64,
+        cb: *mut ffi::PyObject,
+        arg: Option<*mut ffi::PyObject>,
+        ctx: *mut ffi::PyObject,
+        counter: CancelCounter,
+    ) -> Option<*mut ffi::PyObject> {
+        let l = LAYOUT.get()?;
+        let obj = alloc_fast(py, l, l.timer_type, cb, arg, ctx, true);
+        if !obj.is_null() {
+            std::ptr::write(
+                obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
+                TimerHandle { when, counter },
+            );
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+        Some(obj)
+    }
+}
+
 /// Measures the layout on objects PyO3 itself built; any surprise leaves the
 /// fast allocation off.
 fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
@@ -852,7 +908,7 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
         Args::Empty,
         None,
         false,
-        Arc::new(AtomicUsize::new(0)),
+        CancelCounter::default(),
     )?;
     let base = |p: *mut ffi::PyObject| p as usize;
     // SAFETY: live objects of the right types.

@@ -6,7 +6,6 @@ use pyo3::prelude::*;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 struct Entry {
     when: f64,
@@ -52,7 +51,7 @@ impl TimerHeap {
         TimerHeap {
             heap: BinaryHeap::new(),
             seq: 0,
-            cancelled: Arc::new(Default::default()),
+            cancelled: CancelCounter::default(),
             cancelled_dropped: 0,
         }
     }
