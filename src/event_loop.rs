@@ -661,6 +661,48 @@ impl CoreLoop {
         Ok(h)
     }
 
+    /// `call_soon_threadsafe` for the common case, as `call_soon_fast`.
+    ///
+    /// # Safety
+    /// As for `call_soon_fast`.
+    #[inline(always)]
+    pub unsafe fn call_soon_threadsafe_fast(
+        &self,
+        py: Python<'_>,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+        }
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
+            return None;
+        }
+        let obj = Handle::new_object_fast(py, cb, rest.first().copied(), ctx)?;
+        if obj.is_null() {
+            return Some(obj);
+        }
+        pyo3::ffi::Py_INCREF(obj);
+        let h = Bound::from_owned_ptr(py, obj)
+            .cast_into_unchecked::<Handle>()
+            .unbind();
+        // As in call_soon_threadsafe_impl: the ready queue under the GIL, the
+        // remote queue only for a re-entrant call.
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                st.ready.push_back(h);
+                drop(st);
+                self.remote.wake();
+            }
+            None => self.remote.push(h),
+        }
+        Some(obj)
+    }
+
     pub fn call_soon_threadsafe_impl(
         &self,
         py: Python<'_>,

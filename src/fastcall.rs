@@ -281,6 +281,17 @@ unsafe extern "C" fn call_soon_threadsafe(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if nargs == 1 || nargs == 2 {
+        let nargs = nargs as usize;
+        if let Some(ctx) = plain_context(args, nargs, kw) {
+            let py = Python::assume_attached();
+            let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+            let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
+            if let Some(res) = this.get().call_soon_threadsafe_fast(py, *args, rest, ctx) {
+                return res;
+            }
+        }
+    }
     entry(
         slf,
         args,
