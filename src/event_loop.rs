@@ -9,7 +9,7 @@
 use crate::clock;
 use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
-use crate::handles::{check_callable, Handle, TimerHandle};
+use crate::handles::{check_callable, Args, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
 use crate::pyhelpers;
 use crate::ready::ReadyQueue;
@@ -205,7 +205,7 @@ impl CoreLoop {
         py: Python<'_>,
         when: f64,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Py<TimerHandle>> {
@@ -214,7 +214,7 @@ impl CoreLoop {
             py,
             when,
             callback.clone().unbind(),
-            args.clone().unbind(),
+            args,
             context,
             debug,
             counter,
@@ -442,6 +442,8 @@ impl CoreLoop {
                 let Some(h) = this.state.borrow_mut(py).ready.next_in_batch() else {
                     break;
                 };
+                // As a Bound its release is a plain decref (no thread-state lookup).
+                let h = h.into_bound(py);
                 let handle = h.get();
                 let t0 = if timed { now_for_timing() } else { 0.0 };
                 // A panic in our own code under run() must not unwind through
@@ -457,12 +459,7 @@ impl CoreLoop {
                     if pyhelpers::is_exit_exception(py, &e) {
                         return Err(e);
                     }
-                    pyhelpers::report_callback_error(
-                        py,
-                        Some(slf.as_any()),
-                        h.bind(py).as_any(),
-                        e,
-                    )?;
+                    pyhelpers::report_callback_error(py, Some(slf.as_any()), h.as_any(), e)?;
                 }
                 if timed {
                     // Read thresholds after the callback: it may have changed them.
@@ -475,14 +472,14 @@ impl CoreLoop {
                         )
                     };
                     if debug && dt >= slow {
-                        pyhelpers::log_slow_callback(py, h.bind(py).as_any(), dt)?;
+                        pyhelpers::log_slow_callback(py, h.as_any(), dt)?;
                     } else if let Some(t) = threshold {
                         if dt >= t {
                             this.state.borrow_mut(py).stats.blocking_reports += 1;
                             pyhelpers::report_blocking_call(
                                 py,
                                 slf.as_any(),
-                                h.bind(py).as_any(),
+                                h.as_any(),
                                 dt,
                                 hook,
                             )?;
@@ -531,7 +528,7 @@ impl CoreLoop {
             Handle::new(
                 py,
                 callback.clone().unbind(),
-                args.clone().unbind(),
+                Args::from_tuple(args),
                 None,
                 debug,
             )?,
@@ -557,33 +554,165 @@ impl CoreLoop {
 
     // ---- scheduling, shared by the pymethods and the fast-call entry points ----
 
+    /// `call_soon` for the common case (loop open, not in debug mode, a
+    /// callable, at most one argument): no Result plumbing, the handle built
+    /// in place. `None` means the general path must handle the call (it also
+    /// produces every error message); `Some(NULL)` is a failure with the
+    /// Python error set.
+    ///
+    /// # Safety
+    /// GIL held; `cb`, every pointer in `rest` and `ctx` (if not null) are
+    /// live objects borrowed for the duration of the call.
+    #[inline(always)]
+    pub unsafe fn call_soon_fast(
+        &self,
+        py: Python<'_>,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+        }
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
+            return None;
+        }
+        let obj = Handle::new_object_fast(py, cb, rest.first().copied(), ctx)?;
+        if obj.is_null() {
+            return Some(obj);
+        }
+        // A GC pass during the allocation may have run arbitrary code; the
+        // state is borrowed afresh.
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                pyo3::ffi::Py_INCREF(obj);
+                st.ready.push_back(
+                    Bound::from_owned_ptr(py, obj)
+                        .cast_into_unchecked::<Handle>()
+                        .unbind(),
+                );
+                Some(obj)
+            }
+            None => {
+                pyo3::ffi::Py_DECREF(obj);
+                PyRuntimeError::new_err("call_soon() re-entered the loop's state").restore(py);
+                Some(std::ptr::null_mut())
+            }
+        }
+    }
+
+    /// `call_later`/`call_at` for the common case, as `call_soon_fast`.
+    ///
+    /// # Safety
+    /// As for `call_soon_fast`.
+    #[inline(always)]
+    pub unsafe fn call_at_fast(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 || when.is_nan() {
+            return None;
+        }
+        let counter = {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+            st.timers.counter()
+        };
+        let obj = TimerHandle::new_object_fast(py, when, cb, rest.first().copied(), ctx, counter)?;
+        if obj.is_null() {
+            return Some(obj);
+        }
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                pyo3::ffi::Py_INCREF(obj);
+                st.timers.push(
+                    when,
+                    Bound::from_owned_ptr(py, obj)
+                        .cast_into_unchecked::<TimerHandle>()
+                        .unbind(),
+                );
+                st.stats.timers_scheduled += 1;
+                Some(obj)
+            }
+            None => {
+                pyo3::ffi::Py_DECREF(obj);
+                PyRuntimeError::new_err("call_at() re-entered the loop's state").restore(py);
+                Some(std::ptr::null_mut())
+            }
+        }
+    }
+
     pub fn call_soon_impl(
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
+        let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
+            .into_object(py)?
+            .unbind();
         self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
         Ok(h)
+    }
+
+    /// `call_soon_threadsafe` for the common case, as `call_soon_fast`.
+    ///
+    /// # Safety
+    /// As for `call_soon_fast`.
+    #[inline(always)]
+    pub unsafe fn call_soon_threadsafe_fast(
+        &self,
+        py: Python<'_>,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+        }
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
+            return None;
+        }
+        let obj = Handle::new_object_fast(py, cb, rest.first().copied(), ctx)?;
+        if obj.is_null() {
+            return Some(obj);
+        }
+        pyo3::ffi::Py_INCREF(obj);
+        let h = Bound::from_owned_ptr(py, obj)
+            .cast_into_unchecked::<Handle>()
+            .unbind();
+        // As in call_soon_threadsafe_impl: the ready queue under the GIL, the
+        // remote queue only for a re-entrant call.
+        match self.state.try_borrow_mut(py) {
+            Some(mut st) => {
+                st.ready.push_back(h);
+                drop(st);
+                self.remote.wake();
+            }
+            None => self.remote.push(h),
+        }
+        Some(obj)
     }
 
     pub fn call_soon_threadsafe_impl(
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let (closed, debug, thread_id) = match self.state.try_borrow_mut(py) {
@@ -599,16 +728,9 @@ impl CoreLoop {
             ));
         }
         check_callable(py, callback, "call_soon_threadsafe")?;
-        let h = Py::new(
-            py,
-            Handle::new(
-                py,
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                context,
-                debug,
-            )?,
-        )?;
+        let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
+            .into_object(py)?
+            .unbind();
         let _ = thread_id;
         // Holding the GIL is enough to append to the ready queue from any thread:
         // the loop thread never keeps a borrow across a GIL release. That keeps
@@ -630,7 +752,7 @@ impl CoreLoop {
         py: Python<'_>,
         delay: Option<f64>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let Some(delay) = delay else {
@@ -653,7 +775,7 @@ impl CoreLoop {
         py: Python<'_>,
         when: Option<f64>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let Some(when) = when else {
@@ -735,7 +857,9 @@ impl CoreLoop {
     /// Schedules `callback(*args)` like call_soon (current context copied).
     pub fn schedule(&self, py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         let debug = self.debug_now(py);
-        let h = Py::new(py, Handle::new(py, callback, args, None, debug)?)?;
+        let h = Handle::new(py, callback, Args::Many(args), None, debug)?
+            .into_object(py)?
+            .unbind();
         let mut st = self.state.borrow_mut(py);
         if st.closed {
             return Err(closed_error());
@@ -753,10 +877,7 @@ impl CoreLoop {
         write: bool,
     ) -> PyResult<()> {
         let debug = self.debug_now(py);
-        let handle = Py::new(
-            py,
-            Handle::new(py, callback, PyTuple::empty(py).unbind(), None, debug)?,
-        )?;
+        let handle = Py::new(py, Handle::new(py, callback, Args::Empty, None, debug)?)?;
         let previous = {
             let mut st = self.state.borrow_mut(py);
             if st.closed {
@@ -930,7 +1051,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.call_soon_impl(py, callback, args, context)
+        self.call_soon_impl(py, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -941,7 +1062,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.call_soon_threadsafe_impl(py, callback, args, context)
+        self.call_soon_threadsafe_impl(py, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -953,7 +1074,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        self.call_later_impl(py, delay, callback, args, context)
+        self.call_later_impl(py, delay, callback, Args::from_tuple(args), context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -965,7 +1086,7 @@ impl CoreLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        self.call_at_impl(py, when, callback, args, context)
+        self.call_at_impl(py, when, callback, Args::from_tuple(args), context)
     }
 
     /// The run loop proper; `Loop.run_forever` wraps it with asyncio's

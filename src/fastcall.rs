@@ -7,10 +7,12 @@
 //! and then run the same implementation as the PyO3 methods they replace.
 
 use crate::event_loop::CoreLoop;
+use crate::handles::Args;
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use pyo3::Borrowed;
 use pyo3::PyTypeInfo;
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,19 +21,26 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// Parsed `(fixed..., *args, context=None)` call. At most two fixed
 /// parameters exist (`delay`/`when` and `callback`), so no allocation is
 /// needed on the common path.
-struct Parsed<'py> {
-    fixed: [Option<Bound<'py, PyAny>>; 2],
-    rest: Bound<'py, PyTuple>,
+/// Borrowed straight from the vectorcall array: no reference counting and no
+/// tuple for the extra positional arguments until the handle stores them.
+struct Parsed<'a, 'py> {
+    fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2],
+    rest: &'a [*mut ffi::PyObject],
     context: Option<Py<PyAny>>,
 }
 
-impl<'py> Parsed<'py> {
+impl<'a, 'py> Parsed<'a, 'py> {
     fn arg(&self, i: usize) -> PyResult<&Bound<'py, PyAny>> {
         // `parse` fills every fixed slot or fails, so this error cannot happen;
         // it is still an error value rather than a panic.
         self.fixed[i]
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| PySystemError::new_err("tokioloop: argument parsing left a slot empty"))
+    }
+
+    fn args(&self, py: Python<'py>) -> PyResult<Args> {
+        // SAFETY: the pointers come from the vectorcall array of the ongoing call.
+        unsafe { Args::from_ptrs(py, self.rest) }
     }
 }
 
@@ -48,34 +57,81 @@ fn missing_error(method: &str, missing: &[&str]) -> PyErr {
     ))
 }
 
+/// The common shapes, `f(fixed..., *rest)` and `f(fixed..., *rest,
+/// context=ctx)` with asyncio's own "context" string, without the general
+/// keyword matching below. `None` means: use `parse`.
+///
+/// # Safety
+/// As for `parse`.
+#[inline(always)]
+unsafe fn parse_fast<'a, 'py>(
+    py: Python<'py>,
+    nfixed: usize,
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> Option<Parsed<'a, 'py>> {
+    if nargs < nfixed || nfixed == 0 || nfixed > 2 {
+        return None;
+    }
+    let context = if kwnames.is_null() {
+        None
+    } else {
+        if ffi::PyTuple_GET_SIZE(kwnames) != 1
+            || ffi::PyTuple_GET_ITEM(kwnames, 0) != CONTEXT_NAME.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let value = *args.add(nargs);
+        if value == ffi::Py_None() {
+            None
+        } else {
+            Some(Borrowed::from_ptr(py, value).to_owned().unbind())
+        }
+    };
+    let fixed = [
+        Some(Borrowed::from_ptr(py, *args)),
+        if nfixed == 2 {
+            Some(Borrowed::from_ptr(py, *args.add(1)))
+        } else {
+            None
+        },
+    ];
+    Some(Parsed {
+        fixed,
+        rest: std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed),
+        context,
+    })
+}
+
 /// # Safety
 /// `args` must hold `nargs` positional arguments followed by one value per
 /// name in `kwnames`, as CPython's vectorcall protocol guarantees.
-unsafe fn parse<'py>(
+unsafe fn parse<'a, 'py>(
     py: Python<'py>,
     method: &str,
     fixed_names: &[&str],
     args: *const *mut ffi::PyObject,
     nargs: usize,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<Parsed<'py>> {
+) -> PyResult<Parsed<'a, 'py>> {
     let nfixed = fixed_names.len();
-    let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+    let mut fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2] = [None, None];
     for (i, slot) in fixed.iter_mut().enumerate().take(nfixed.min(nargs)) {
-        *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
+        *slot = Some(Borrowed::from_ptr(py, *args.add(i)));
     }
     let mut context = None;
     if !kwnames.is_null() {
         let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
         for (i, name) in names.iter().enumerate() {
-            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + i));
+            let value: Borrowed<'a, 'py, PyAny> = Borrowed::from_ptr(py, *args.add(nargs + i));
             // asyncio passes the same "context" string object every time:
             // compare by identity first, by value (no allocation) otherwise.
             if is_context_name(name.as_ptr()) {
                 context = if value.is_none() {
                     None
                 } else {
-                    Some(value.unbind())
+                    Some(value.to_owned().unbind())
                 };
                 continue;
             }
@@ -107,11 +163,10 @@ unsafe fn parse<'py>(
             .collect();
         return Err(missing_error(method, &missing));
     }
-    let rest = if nargs <= nfixed {
-        PyTuple::empty(py)
+    let rest: &'a [*mut ffi::PyObject] = if nargs <= nfixed {
+        &[]
     } else {
-        let extra = std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed);
-        PyTuple::new(py, extra.iter().map(|p| Bound::from_borrowed_ptr(py, *p)))?
+        std::slice::from_raw_parts(args.add(nfixed), nargs - nfixed)
     };
     Ok(Parsed {
         fixed,
@@ -147,11 +202,12 @@ fn optional_float(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
     }
 }
 
-type Body = for<'py> fn(Python<'py>, &CoreLoop, Parsed<'py>) -> PyResult<Py<PyAny>>;
+type Body = for<'a, 'py> fn(Python<'py>, &CoreLoop, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>;
 
 /// # Safety
 /// Called by CPython through a method descriptor of the CoreLoop type, so
 /// `slf` is a CoreLoop (or subclass) instance and the GIL is held.
+#[inline(always)]
 unsafe fn entry(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -164,7 +220,11 @@ unsafe fn entry(
     let py = Python::assume_attached();
     let result = catch_unwind(AssertUnwindSafe(|| -> PyResult<Py<PyAny>> {
         let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<CoreLoop>();
-        let parsed = parse(py, method, fixed, args, nargs.max(0) as usize, kwnames)?;
+        let nargs = nargs.max(0) as usize;
+        let parsed = match parse_fast(py, fixed.len(), args, nargs, kwnames) {
+            Some(p) => p,
+            None => parse(py, method, fixed, args, nargs, kwnames)?,
+        };
         body(py, this.get(), parsed)
     }));
     match result {
@@ -186,6 +246,20 @@ unsafe extern "C" fn call_soon(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // Every task step and future callback comes through here as
+    // `call_soon(f)`, `call_soon(f, arg)` or `call_soon(f, context=ctx)`:
+    // those shapes skip the general parser and Result plumbing below.
+    if nargs == 1 || nargs == 2 {
+        let nargs = nargs as usize;
+        if let Some(ctx) = plain_context(args, nargs, kw) {
+            let py = Python::assume_attached();
+            let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+            let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
+            if let Some(res) = this.get().call_soon_fast(py, *args, rest, ctx) {
+                return res;
+            }
+        }
+    }
     entry(
         slf,
         args,
@@ -195,7 +269,8 @@ unsafe extern "C" fn call_soon(
         &["callback"],
         |py, core, mut p| {
             let ctx = p.context.take();
-            Ok(core.call_soon_impl(py, p.arg(0)?, &p.rest, ctx)?.into_any())
+            let args = p.args(py)?;
+            Ok(core.call_soon_impl(py, p.arg(0)?, args, ctx)?.into_any())
         },
     )
 }
@@ -206,6 +281,17 @@ unsafe extern "C" fn call_soon_threadsafe(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if nargs == 1 || nargs == 2 {
+        let nargs = nargs as usize;
+        if let Some(ctx) = plain_context(args, nargs, kw) {
+            let py = Python::assume_attached();
+            let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+            let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
+            if let Some(res) = this.get().call_soon_threadsafe_fast(py, *args, rest, ctx) {
+                return res;
+            }
+        }
+    }
     entry(
         slf,
         args,
@@ -216,10 +302,79 @@ unsafe extern "C" fn call_soon_threadsafe(
         |py, core, mut p| {
             let ctx = p.context.take();
             Ok(core
-                .call_soon_threadsafe_impl(py, p.arg(0)?, &p.rest, ctx)?
+                .call_soon_threadsafe_impl(py, p.arg(0)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )
+}
+
+/// The context of a `(..., context=ctx)` call made with asyncio's own
+/// "context" string: `Some(NULL)` for none (or None), `None` for any other
+/// keyword shape (use the general parser).
+#[inline(always)]
+unsafe fn plain_context(
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kw: *mut ffi::PyObject,
+) -> Option<*mut ffi::PyObject> {
+    if kw.is_null() {
+        return Some(std::ptr::null_mut());
+    }
+    if ffi::PyTuple_GET_SIZE(kw) != 1
+        || ffi::PyTuple_GET_ITEM(kw, 0) != CONTEXT_NAME.load(Ordering::Relaxed)
+    {
+        return None;
+    }
+    let v = *args.add(nargs);
+    Some(if v == ffi::Py_None() {
+        std::ptr::null_mut()
+    } else {
+        v
+    })
+}
+
+/// An exact float or int as f64; anything else (or an overflow) takes the
+/// general path, which raises asyncio's errors.
+#[inline(always)]
+unsafe fn plain_number(obj: *mut ffi::PyObject) -> Option<f64> {
+    if ffi::PyFloat_CheckExact(obj) != 0 {
+        return Some(ffi::PyFloat_AS_DOUBLE(obj));
+    }
+    if ffi::PyLong_CheckExact(obj) != 0 {
+        let v = ffi::PyLong_AsDouble(obj);
+        if v == -1.0 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        return Some(v);
+    }
+    None
+}
+
+/// Fast path shared by call_later and call_at: `(number, callback[, arg])`.
+#[inline(always)]
+unsafe fn timer_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kw: *mut ffi::PyObject,
+    relative: bool,
+) -> Option<*mut ffi::PyObject> {
+    if nargs != 2 && nargs != 3 {
+        return None;
+    }
+    let nargs = nargs as usize;
+    let ctx = plain_context(args, nargs, kw)?;
+    let t = plain_number(*args)?;
+    let when = if relative {
+        crate::clock::monotonic() + t
+    } else {
+        t
+    };
+    let py = Python::assume_attached();
+    let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+    let rest = std::slice::from_raw_parts(args.add(2), nargs - 2);
+    this.get().call_at_fast(py, when, *args.add(1), rest, ctx)
 }
 
 unsafe extern "C" fn call_later(
@@ -228,6 +383,9 @@ unsafe extern "C" fn call_later(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if let Some(res) = timer_fast(slf, args, nargs, kw, true) {
+        return res;
+    }
     entry(
         slf,
         args,
@@ -239,7 +397,7 @@ unsafe extern "C" fn call_later(
             let delay = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_later_impl(py, delay, p.arg(1)?, &p.rest, ctx)?
+                .call_later_impl(py, delay, p.arg(1)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )
@@ -251,6 +409,9 @@ unsafe extern "C" fn call_at(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if let Some(res) = timer_fast(slf, args, nargs, kw, false) {
+        return res;
+    }
     entry(
         slf,
         args,
@@ -262,7 +423,7 @@ unsafe extern "C" fn call_at(
             let when = optional_float(p.arg(0)?)?;
             let ctx = p.context.take();
             Ok(core
-                .call_at_impl(py, when, p.arg(1)?, &p.rest, ctx)?
+                .call_at_impl(py, when, p.arg(1)?, p.args(py)?, ctx)?
                 .into_any())
         },
     )

@@ -19,6 +19,16 @@ impl<T> GilRefCell<T> {
         GilRefCell(RefCell::new(value))
     }
 
+    pub fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+
+    /// Exclusive access without a borrow flag check (`&mut self` proves it).
+    #[inline]
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
+    }
+
     #[inline]
     pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> RefMut<'a, T> {
         self.0.borrow_mut()

@@ -9,20 +9,92 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// A handle's positional arguments. Calls with none or one argument (task
+/// steps, future callbacks, most user callbacks) store no tuple at all; the
+/// tuple asyncio exposes as `_args` is built on demand.
+pub enum Args {
+    Empty,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl Args {
+    /// # Safety
+    /// Every pointer in `args` is a live object; the GIL is held.
+    pub unsafe fn from_ptrs(py: Python<'_>, args: &[*mut ffi::PyObject]) -> PyResult<Args> {
+        Ok(match args {
+            [] => Args::Empty,
+            [one] => Args::One(Bound::from_borrowed_ptr(py, *one).unbind()),
+            _ => Args::Many(
+                PyTuple::new(py, args.iter().map(|p| Bound::from_borrowed_ptr(py, *p)))?.unbind(),
+            ),
+        })
+    }
+
+    pub fn from_tuple(t: &Bound<'_, PyTuple>) -> Args {
+        Args::Many(t.clone().unbind())
+    }
+
+    fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(match self {
+            Args::Empty => PyTuple::empty(py).unbind(),
+            Args::One(a) => PyTuple::new(py, [a.bind(py)])?.unbind(),
+            Args::Many(t) => t.clone_ref(py),
+        })
+    }
+
+    fn as_ptr(&self) -> Option<*mut ffi::PyObject> {
+        match self {
+            Args::Empty => None,
+            Args::One(a) => Some(a.as_ptr()),
+            Args::Many(t) => Some(t.as_ptr()),
+        }
+    }
+
+    fn release(self, py: Python<'_>) {
+        match self {
+            Args::Empty => {}
+            Args::One(a) => drop(a.into_bound(py)),
+            Args::Many(t) => drop(t.into_bound(py)),
+        }
+    }
+}
+
+/// What `Handle::run` holds on to while the callback runs.
+enum CallArgs<'py> {
+    Empty,
+    One(Bound<'py, PyAny>),
+    Many(Bound<'py, PyTuple>),
+}
 
 struct HandleInner {
     // Dropped on cancel so a cancelled handle pins nothing the user allocated.
     callback: Option<Py<PyAny>>,
-    args: Option<Py<PyTuple>>,
+    args: Option<Args>,
     cancelled: bool,
     // Set once a timer leaves the heap; a late cancel() then must not count
     // towards the heap's cancelled-entry statistics.
     scheduled: bool,
+    // Debug mode only, boxed to keep handles small (two cache lines at most).
+    debug_info: Option<Box<DebugInfo>>,
+}
+
+#[derive(Default)]
+struct DebugInfo {
+    // The repr cached at cancel() time, as asyncio's debug mode does.
     repr_when_cancelled: Option<String>,
-    // Where the handle was created, recorded in debug mode only (asyncio's `_source_traceback`).
+    // Where the handle was created (asyncio's `_source_traceback`).
     source_traceback: Option<Py<PyAny>>,
+}
+
+impl HandleInner {
+    fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.debug_info
+            .as_ref()
+            .and_then(|d| d.source_traceback.as_ref())
+    }
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen)]
@@ -36,7 +108,7 @@ impl Handle {
     pub fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
@@ -55,8 +127,12 @@ impl Handle {
                 args: Some(args),
                 cancelled: false,
                 scheduled: false,
-                repr_when_cancelled: None,
-                source_traceback,
+                debug_info: source_traceback.map(|tb| {
+                    Box::new(DebugInfo {
+                        repr_when_cancelled: None,
+                        source_traceback: Some(tb),
+                    })
+                }),
             }),
             context,
             debug,
@@ -77,8 +153,16 @@ impl Handle {
             if inner.cancelled {
                 return Ok(());
             }
+            // Bound clones: a plain incref/decref pair, no thread-state lookup.
             match (&inner.callback, &inner.args) {
-                (Some(cb), Some(args)) => (cb.clone_ref(py), args.clone_ref(py)),
+                (Some(cb), Some(args)) => (
+                    cb.bind(py).clone(),
+                    match args {
+                        Args::Empty => CallArgs::Empty,
+                        Args::One(a) => CallArgs::One(a.bind(py).clone()),
+                        Args::Many(t) => CallArgs::Many(t.bind(py).clone()),
+                    },
+                ),
                 _ => return Ok(()),
             }
         };
@@ -88,7 +172,22 @@ impl Handle {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(pyhelpers::take_raised(py));
             }
-            let res = ffi::PyObject_Call(cb.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+            let res = match &args {
+                CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+                CallArgs::One(a) => {
+                    // Slot 0 is scratch space the callee may use (ARGUMENTS_OFFSET).
+                    let mut buf = [std::ptr::null_mut(), a.as_ptr()];
+                    ffi::PyObject_Vectorcall(
+                        cb.as_ptr(),
+                        buf.as_mut_ptr().add(1),
+                        1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                        std::ptr::null_mut(),
+                    )
+                }
+                CallArgs::Many(t) => {
+                    ffi::PyObject_Call(cb.as_ptr(), t.as_ptr(), std::ptr::null_mut())
+                }
+            };
             let err = if res.is_null() {
                 Some(pyhelpers::take_raised(py))
             } else {
@@ -139,10 +238,13 @@ impl Handle {
             let inner = self.inner.borrow_mut(py);
             (
                 inner.callback.as_ref().map(|c| c.clone_ref(py)),
-                inner.args.as_ref().map(|a| a.clone_ref(py)),
+                inner.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
                 inner.cancelled,
-                inner.repr_when_cancelled.clone(),
-                inner.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+                inner
+                    .debug_info
+                    .as_ref()
+                    .and_then(|d| d.repr_when_cancelled.clone()),
+                inner.source_traceback().map(|t| t.clone_ref(py)),
             )
         };
         if let Some(s) = cached {
@@ -154,7 +256,11 @@ impl Handle {
     fn cache_repr_if_debug(&self, py: Python<'_>, kind: &str, when: Option<f64>) -> PyResult<()> {
         if self.debug {
             let r = self.repr_as(py, kind, when, true)?;
-            self.inner.borrow_mut(py).repr_when_cancelled = Some(r);
+            self.inner
+                .borrow_mut(py)
+                .debug_info
+                .get_or_insert_with(Default::default)
+                .repr_when_cancelled = Some(r);
         }
         Ok(())
     }
@@ -162,7 +268,7 @@ impl Handle {
 
 /// What a cancel takes out of a handle: callback, args, and whether it was a
 /// scheduled timer.
-type CancelledParts = (Option<Py<PyAny>>, Option<Py<PyTuple>>, bool);
+type CancelledParts = (Option<Py<PyAny>>, Option<Args>, bool);
 
 pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: GIL held; PyContext_CopyCurrent returns a new reference or NULL with an error set.
@@ -197,7 +303,13 @@ impl Handle {
         } else {
             PyTuple::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
         };
-        Handle::new(py, callback.clone().unbind(), args.unbind(), context, debug)
+        Handle::new(
+            py,
+            callback.clone().unbind(),
+            Args::Many(args.unbind()),
+            context,
+            debug,
+        )
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -230,12 +342,9 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.inner
-            .borrow_mut(py)
-            .args
-            .as_ref()
-            .map(|c| c.clone_ref(py))
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        let inner = self.inner.borrow_mut(py);
+        inner.args.as_ref().map(|a| a.to_tuple(py)).transpose()
     }
 
     #[getter]
@@ -252,8 +361,7 @@ impl Handle {
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.inner
             .borrow_mut(py)
-            .source_traceback
-            .as_ref()
+            .source_traceback()
             .map(|t| t.clone_ref(py))
     }
 
@@ -264,8 +372,12 @@ impl Handle {
         visit.call(&self.context)?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
             visit.call(&inner.callback)?;
-            visit.call(&inner.args)?;
-            visit.call(&inner.source_traceback)?;
+            match &inner.args {
+                Some(Args::One(a)) => visit.call(a)?,
+                Some(Args::Many(t)) => visit.call(t)?,
+                _ => {}
+            }
+            visit.call(inner.source_traceback())?;
         }
         Ok(())
     }
@@ -275,7 +387,7 @@ impl Handle {
             (
                 inner.callback.take(),
                 inner.args.take(),
-                inner.source_traceback.take(),
+                inner.debug_info.take(),
             )
         });
         drop(taken);
@@ -299,7 +411,36 @@ impl Handle {
 
 /// Shared with the loop's timer heap: how many scheduled timers were cancelled,
 /// so the heap can be compacted before dead entries pile up.
-pub type CancelCounter = Arc<AtomicUsize>;
+///
+/// Not atomic: every clone, drop and update happens with the GIL held (timer
+/// handles are created, cancelled and freed under it, and so is the loop that
+/// owns the heap), so a plain reference count and cell suffice, and a timer's
+/// life costs no locked instructions.
+#[derive(Clone, Default)]
+pub struct CancelCounter(std::rc::Rc<std::cell::Cell<usize>>);
+
+// SAFETY: see above; the GIL serialises every access to the Rc and the Cell.
+unsafe impl Send for CancelCounter {}
+unsafe impl Sync for CancelCounter {}
+
+impl CancelCounter {
+    #[inline]
+    pub fn load(&self, _order: Ordering) -> usize {
+        self.0.get()
+    }
+
+    #[inline]
+    pub fn store(&self, value: usize, _order: Ordering) {
+        self.0.set(value)
+    }
+
+    #[inline]
+    pub fn fetch_add(&self, value: usize, _order: Ordering) -> usize {
+        let old = self.0.get();
+        self.0.set(old.wrapping_add(value));
+        old
+    }
+}
 
 #[pyclass(module = "tokioloop._tokioloop", extends = Handle, frozen)]
 pub struct TimerHandle {
@@ -312,17 +453,34 @@ impl TimerHandle {
         py: Python<'_>,
         when: f64,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         debug: bool,
         counter: CancelCounter,
     ) -> PyResult<Bound<'_, TimerHandle>> {
         let base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
-        Bound::new(
-            py,
-            PyClassInitializer::from(base).add_subclass(TimerHandle { when, counter }),
-        )
+        let timer = TimerHandle { when, counter };
+        let layout = LAYOUT.get();
+        if let Some(l) = layout {
+            // SAFETY: offsets and type measured at start-up for exactly this layout.
+            unsafe {
+                let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.timer_type);
+                if obj.is_null() {
+                    let err = PyErr::fetch(py);
+                    base.release(py);
+                    return Err(err);
+                }
+                std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), base);
+                std::ptr::write(
+                    obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
+                    timer,
+                );
+                ffi::PyObject_GC_Track(obj.cast());
+                return Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked());
+            }
+        }
+        Bound::new(py, PyClassInitializer::from(base).add_subclass(timer))
     }
 }
 
@@ -420,7 +578,7 @@ fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
         let i = ha.inner.borrow_mut(py);
         (
             i.callback.as_ref().map(|c| c.clone_ref(py)),
-            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
             i.cancelled,
         )
     };
@@ -428,7 +586,7 @@ fn eq_handles(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
         let i = hb.inner.borrow_mut(py);
         (
             i.callback.as_ref().map(|c| c.clone_ref(py)),
-            i.args.as_ref().map(|c| c.clone_ref(py)),
+            i.args.as_ref().map(|a| a.to_tuple(py)).transpose()?,
             i.cancelled,
         )
     };
@@ -458,4 +616,359 @@ pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str)
         "a callable object was expected by {method}(), got {}",
         callback.repr()?
     )))
+}
+
+// ---- raw type slots ----
+//
+// PyO3's generic tp_traverse and tp_dealloc go through trampolines (panic
+// traps, thread-state bookkeeping in thread-local storage, a walk up the type
+// chain for the base traverse): ~100-200 instructions per call. Handles are
+// created, traversed by every young-generation GC pass and freed by the
+// hundred thousand, so both slots are replaced by direct versions below. They
+// do what PyO3's would: visit the (heap) type and our references; untrack,
+// drop the Rust value, free, and release the type.
+
+/// The Rust value of a Handle object. TimerHandle (and any subclass) lays
+/// its Handle part out first, so this is valid for those too.
+#[inline(always)]
+unsafe fn handle_value(obj: *mut ffi::PyObject) -> *const Handle {
+    let py = Python::assume_attached();
+    let b = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<Handle>();
+    b.get() as *const Handle
+}
+
+#[inline(always)]
+unsafe fn timer_value(obj: *mut ffi::PyObject) -> *const TimerHandle {
+    let py = Python::assume_attached();
+    let b = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<TimerHandle>();
+    b.get() as *const TimerHandle
+}
+
+unsafe extern "C" fn handle_traverse(
+    obj: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // Instances of heap types keep their type alive.
+    let r = visit(ffi::Py_TYPE(obj).cast(), arg);
+    if r != 0 {
+        return r;
+    }
+    let h = &*handle_value(obj);
+    // Zero-filled: allocated but not yet initialised (see Handle::__traverse__).
+    if crate::gil_cell::is_null_py(&h.context) {
+        return 0;
+    }
+    let r = visit(h.context.as_ptr(), arg);
+    if r != 0 {
+        return r;
+    }
+    if let Some(inner) = h.inner.try_borrow_mut_in_gc() {
+        let refs = [
+            inner.callback.as_ref().map(|o| o.as_ptr()),
+            inner.args.as_ref().and_then(|a| a.as_ptr()),
+            inner.source_traceback().map(|o| o.as_ptr()),
+        ];
+        for p in refs.into_iter().flatten() {
+            let r = visit(p, arg);
+            if r != 0 {
+                return r;
+            }
+        }
+    }
+    0
+}
+
+impl Handle {
+    /// Drops the fields with the GIL known to be held (a plain Py_DECREF each,
+    /// no thread-state lookup).
+    fn release(self, py: Python<'_>) {
+        let Handle { inner, context, .. } = self;
+        let HandleInner {
+            callback,
+            args,
+            debug_info,
+            ..
+        } = inner.into_inner();
+        drop(callback.map(|o| o.into_bound(py)));
+        if let Some(a) = args {
+            a.release(py);
+        }
+        if let Some(tb) = debug_info.and_then(|d| d.source_traceback) {
+            drop(tb.into_bound(py));
+        }
+        drop(context.into_bound(py));
+    }
+}
+
+unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
+    let p = handle_value(obj).cast_mut();
+    if crate::gil_cell::is_null_py(&(*p).context) {
+        return;
+    }
+    let py = Python::assume_attached();
+    // Field by field in place (no move of the whole value), in declaration
+    // order as a plain drop would.
+    let h = &mut *p;
+    let inner = h.inner.get_mut();
+    if let Some(cb) = inner.callback.take() {
+        drop(cb.into_bound(py));
+    }
+    if let Some(a) = inner.args.take() {
+        a.release(py);
+    }
+    if let Some(d) = inner.debug_info.take() {
+        if let Some(tb) = d.source_traceback {
+            drop(tb.into_bound(py));
+        }
+    }
+    drop(std::ptr::read(&h.context).into_bound(py));
+}
+
+unsafe fn free_instance(obj: *mut ffi::PyObject) {
+    let ty = ffi::Py_TYPE(obj);
+    match (*ty).tp_free {
+        Some(free) => free(obj.cast()),
+        None => ffi::PyObject_GC_Del(obj.cast()),
+    }
+    // Heap-type instances own a reference to their type.
+    ffi::Py_DECREF(ty.cast());
+}
+
+unsafe extern "C" fn handle_dealloc(obj: *mut ffi::PyObject) {
+    ffi::PyObject_GC_UnTrack(obj.cast());
+    drop_handle_value(obj);
+    free_instance(obj);
+}
+
+unsafe extern "C" fn timer_dealloc(obj: *mut ffi::PyObject) {
+    ffi::PyObject_GC_UnTrack(obj.cast());
+    std::ptr::drop_in_place(timer_value(obj).cast_mut());
+    drop_handle_value(obj);
+    free_instance(obj);
+}
+
+/// Where the Rust values sit inside Handle and TimerHandle objects, measured
+/// at start-up on real instances, so hot paths can allocate without PyO3's
+/// initializer chain (zero-fill, base `tp_new`, then a move into place).
+struct Layout {
+    handle_type: *mut ffi::PyTypeObject,
+    timer_type: *mut ffi::PyTypeObject,
+    handle_off: usize,
+    timer_off: usize,
+}
+
+// SAFETY: the type pointers are immortal for our purposes (a reference is
+// leaked on purpose) and are only used with the GIL held.
+unsafe impl Send for Layout {}
+unsafe impl Sync for Layout {}
+
+static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+
+impl Handle {
+    /// Allocates the Python object for this handle. Unlike PyO3's path the
+    /// object is not zero-filled and is only tracked by the GC once complete.
+    pub fn into_object(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        let Some(l) = LAYOUT.get() else {
+            return Bound::new(py, self);
+        };
+        // SAFETY: offset and type measured at start-up for exactly this layout.
+        unsafe {
+            let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.handle_type);
+            if obj.is_null() {
+                let err = PyErr::fetch(py);
+                self.release(py);
+                return Err(err);
+            }
+            std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), self);
+            ffi::PyObject_GC_Track(obj.cast());
+            Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
+        }
+    }
+}
+
+/// Allocates and fills a plain (non-debug) handle of type `ty` for `cb(arg)`
+/// (or `cb()`); `ctx` null means a copy of the current context. The object
+/// is returned untracked (the caller completes it, then tracks it), or NULL
+/// with the error set.
+///
+/// # Safety
+/// GIL held; the pointers are live objects (borrowed); `ty` is Handle or
+/// TimerHandle with the Handle value at `l.handle_off`.
+#[inline(always)]
+unsafe fn alloc_fast(
+    py: Python<'_>,
+    l: &Layout,
+    ty: *mut ffi::PyTypeObject,
+    cb: *mut ffi::PyObject,
+    arg: Option<*mut ffi::PyObject>,
+    ctx: *mut ffi::PyObject,
+    scheduled: bool,
+) -> *mut ffi::PyObject {
+    let context = if ctx.is_null() {
+        let c = ffi::PyContext_CopyCurrent();
+        if c.is_null() {
+            return c;
+        }
+        c
+    } else {
+        ffi::Py_INCREF(ctx);
+        ctx
+    };
+    let obj = ffi::PyObject_GC_New::<ffi::PyObject>(ty);
+    if obj.is_null() {
+        ffi::Py_DECREF(context);
+        return obj;
+    }
+    ffi::Py_INCREF(cb);
+    let args = match arg {
+        None => Args::Empty,
+        Some(a) => {
+            ffi::Py_INCREF(a);
+            Args::One(Bound::from_owned_ptr(py, a).unbind())
+        }
+    };
+    std::ptr::write(
+        obj.cast::<u8>().add(l.handle_off).cast::<Handle>(),
+        Handle {
+            inner: GilRefCell::new(HandleInner {
+                callback: Some(Bound::from_owned_ptr(py, cb).unbind()),
+                args: Some(args),
+                cancelled: false,
+                scheduled,
+                debug_info: None,
+            }),
+            context: Bound::from_owned_ptr(py, context).unbind(),
+            debug: false,
+        },
+    );
+    obj
+}
+
+impl Handle {
+    /// A plain handle built in place (see `alloc_fast`): a new reference,
+    /// NULL with the error set, or `None` when the layout is unknown (use
+    /// the general path).
+    ///
+    /// # Safety
+    /// As for `alloc_fast`.
+    #[inline(always)]
+    pub unsafe fn new_object_fast(
+        py: Python<'_>,
+        cb: *mut ffi::PyObject,
+        arg: Option<*mut ffi::PyObject>,
+        ctx: *mut ffi::PyObject,
+    ) -> Option<*mut ffi::PyObject> {
+        let l = LAYOUT.get()?;
+        let obj = alloc_fast(py, l, l.handle_type, cb, arg, ctx, false);
+        if !obj.is_null() {
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+        Some(obj)
+    }
+}
+
+impl TimerHandle {
+    /// Like `Handle::new_object_fast`, for a timer due at `when` that is
+    /// about to enter the heap.
+    ///
+    /// # Safety
+    /// As for `alloc_fast`.
+    #[inline(always)]
+    pub unsafe fn new_object_fast(
+        py: Python<'_>,
+        when: f64,
+        cb: *mut ffi::PyObject,
+        arg: Option<*mut ffi::PyObject>,
+        ctx: *mut ffi::PyObject,
+        counter: CancelCounter,
+    ) -> Option<*mut ffi::PyObject> {
+        let l = LAYOUT.get()?;
+        let obj = alloc_fast(py, l, l.timer_type, cb, arg, ctx, true);
+        if !obj.is_null() {
+            std::ptr::write(
+                obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
+                TimerHandle { when, counter },
+            );
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+        Some(obj)
+    }
+}
+
+/// Measures the layout on objects PyO3 itself built; any surprise leaves the
+/// fast allocation off.
+fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
+    use pyo3::PyTypeInfo;
+    let h = Bound::new(py, Handle::new(py, py.None(), Args::Empty, None, false)?)?;
+    let t = TimerHandle::create(
+        py,
+        0.0,
+        py.None(),
+        Args::Empty,
+        None,
+        false,
+        CancelCounter::default(),
+    )?;
+    let base = |p: *mut ffi::PyObject| p as usize;
+    // SAFETY: live objects of the right types.
+    let (handle_off, t_handle_off, timer_off) = unsafe {
+        (
+            handle_value(h.as_ptr()) as usize - base(h.as_ptr()),
+            handle_value(t.as_ptr()) as usize - base(t.as_ptr()),
+            timer_value(t.as_ptr()) as usize - base(t.as_ptr()),
+        )
+    };
+    let handle_type = Handle::type_object(py).as_type_ptr();
+    let timer_type = TimerHandle::type_object(py).as_type_ptr();
+    // SAFETY: reading plain fields of our own type objects.
+    let ok = unsafe {
+        let hsize = (*handle_type).tp_basicsize as usize;
+        let tsize = (*timer_type).tp_basicsize as usize;
+        handle_off >= std::mem::size_of::<ffi::PyObject>()
+            && handle_off == t_handle_off
+            && handle_off + std::mem::size_of::<Handle>() <= hsize
+            && timer_off >= handle_off + std::mem::size_of::<Handle>()
+            && timer_off + std::mem::size_of::<TimerHandle>() <= tsize
+            && (*handle_type).tp_itemsize == 0
+            && (*timer_type).tp_itemsize == 0
+    };
+    if !ok {
+        return Ok(None);
+    }
+    // SAFETY: keep the types alive for as long as the process (the pointers are cached).
+    unsafe {
+        ffi::Py_INCREF(handle_type.cast());
+        ffi::Py_INCREF(timer_type.cast());
+    }
+    Ok(Some(Layout {
+        handle_type,
+        timer_type,
+        handle_off,
+        timer_off,
+    }))
+}
+
+/// Installs the direct slots on the Handle and TimerHandle types (once, at
+/// module initialisation, before any instance or subclass exists).
+pub fn install_slots(py: Python<'_>) -> PyResult<()> {
+    use pyo3::PyTypeInfo;
+    let h = Handle::type_object(py);
+    let t = TimerHandle::type_object(py);
+    // SAFETY: both are our own heap types, fully initialised; the slots are
+    // plain fields of the type object and no instance exists yet.
+    unsafe {
+        let hp = h.as_type_ptr();
+        (*hp).tp_traverse = Some(handle_traverse);
+        (*hp).tp_dealloc = Some(handle_dealloc);
+        let tp = t.as_type_ptr();
+        (*tp).tp_traverse = Some(handle_traverse);
+        (*tp).tp_dealloc = Some(timer_dealloc);
+    }
+    if LAYOUT.get().is_none() {
+        if let Some(layout) = measure_layout(py)? {
+            let _ = LAYOUT.set(layout);
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,6 @@ use pyo3::prelude::*;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 struct Entry<T> {
     when: f64,
@@ -58,7 +57,7 @@ impl<T> TimerHeap<T> {
         TimerHeap {
             heap: BinaryHeap::new(),
             seq: 0,
-            cancelled: Arc::new(Default::default()),
+            cancelled: CancelCounter::default(),
             cancelled_dropped: 0,
         }
     }

@@ -264,10 +264,16 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return futures.Future(loop=self)
 
     def create_task(self, coro, *, name=None, context=None, **kwargs):
-        self._check_closed()
+        # One task per gather() member or ensure_future(): no helper-method
+        # call, and a plain keyword call unless extra keywords were given.
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
         factory = self._task_factory
         if factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if kwargs:
+                task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            else:
+                task = tasks.Task(coro, loop=self, name=name, context=context)
             if task._source_traceback:
                 del task._source_traceback[-1]
         else:
