@@ -694,3 +694,53 @@ def test_debug_mode_round_trips_like_stdlib():
 
     std, tl = run_scenario_on_both(scen)
     assert tl == std
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_mixed_large_and_small_reads_like_stdlib(kind):
+    """Reads over 32 KiB switch to FIONREAD-sized buffers, small ones to the
+    per-thread scratch; both must return exactly what was sent, in order."""
+
+    def scen(lp):
+        a, b = _pair(kind)
+        b.setblocking(True)
+        try:
+
+            async def main():
+                sizes = [100_000, 10, 200_000, 1, 70_000, 40_000, 5, 300_000, 33_000]
+                msgs = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+                go = [threading.Event() for _ in msgs]
+
+                def sender():
+                    for ev, msg in zip(go, msgs):
+                        if not ev.wait(10):
+                            return
+                        b.sendall(msg)
+
+                th = threading.Thread(target=sender)
+                th.start()
+                out = []
+                try:
+                    for i, msg in enumerate(msgs):
+                        go[i].set()
+                        got = b""
+                        while len(got) < len(msg):
+                            limit = 50_000 if i % 2 else 262_144
+                            chunk = await lp.sock_recv(a, limit)
+                            assert chunk
+                            got += chunk
+                        out.append(got == msg)
+                finally:
+                    for ev in go:
+                        ev.set()
+                    await lp.run_in_executor(None, th.join, 10)
+                return out
+
+            return _run(lp, main(), timeout=20)
+        finally:
+            a.close()
+            b.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert all(std)
+    assert tl == std
