@@ -132,7 +132,15 @@ pub struct StreamTransport {
     core: Py<CoreLoop>,
     /// Capacity of a write pipe (F_GETPIPE_SZ), 0 when not a pipe.
     pipe_capacity: usize,
+    /// A socket whose last read was big: read the next straight into an
+    /// exact-size bytes (FIONREAD first) instead of copying out of the shared
+    /// buffer. One ioctl costs less than copying 32 KiB; small messages keep
+    /// the copy (cheaper than the extra syscall).
+    large_reads: std::sync::atomic::AtomicBool,
 }
+
+/// A socket read of at least this much switches the transport to direct reads.
+const LARGE_READ: usize = 32 * 1024;
 
 fn last_err() -> io::Error {
     io::Error::last_os_error()
@@ -529,12 +537,12 @@ impl StreamTransport {
         }
     }
 
-    /// Reads what a pipe holds (FIONREAD) straight into a new bytes object of
-    /// that size: no copy out of the shared read buffer, and no allocation
-    /// bigger than the data. None when the pipe looks empty (EOF, a spurious
-    /// wake-up) or cannot say (FIONREAD unsupported): the caller then reads
-    /// through the shared buffer as for sockets.
-    fn read_pipe_exact<'py>(
+    /// Reads what a pipe or socket holds (FIONREAD) straight into a new bytes
+    /// object of that size: no copy out of the shared read buffer, and no
+    /// allocation bigger than the data. None when it looks empty (EOF, a
+    /// spurious wake-up) or cannot say (FIONREAD unsupported): the caller then
+    /// reads through the shared buffer.
+    fn read_exact<'py>(
         &self,
         py: Python<'py>,
     ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
@@ -654,6 +662,7 @@ impl StreamTransport {
             None => PyDict::new(py).unbind(),
         };
         Ok(StreamTransport {
+            large_reads: std::sync::atomic::AtomicBool::new(false),
             inner: GilRefCell::new(Inner {
                 sock: Some(sock.clone().unbind()),
                 protocol: Some(protocol.clone().unbind()),
@@ -788,8 +797,10 @@ impl StreamTransport {
                 Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         } else {
-            let direct = if this.kind == Kind::ReadPipe {
-                this.read_pipe_exact(py)
+            let direct = if this.kind == Kind::ReadPipe
+                || this.large_reads.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                this.read_exact(py)
             } else {
                 None
             };
@@ -814,6 +825,15 @@ impl StreamTransport {
             });
             if let Ok((n, _)) = &res {
                 this.core(py).count_bytes(py, *n, 0);
+                if this.kind == Kind::Socket {
+                    let large = *n >= LARGE_READ;
+                    if large {
+                        // Direct reads allocate bytes of up to 256 KiB.
+                        adapt_malloc_thresholds();
+                    }
+                    this.large_reads
+                        .store(large, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
