@@ -20,6 +20,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::PyTraverseError;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -30,6 +31,9 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
 /// Most a read pipe hands to data_received() at once (as the stdlib's reads).
 const PIPE_READ_CHUNK: usize = MAX_READ;
+/// Most a read pipe takes out of the pipe in one read(): the size of the pipes
+/// made for subprocesses (see `read_pipe_batch`).
+const PIPE_READ_BATCH: usize = 1 << 20;
 /// Seconds before edge mode double-checks a pipe taken for full (see
 /// `_write_fallback`).
 const PIPE_EDGE_FALLBACK: f64 = 0.1;
@@ -108,6 +112,10 @@ struct Inner {
     pipe_state: PipeState,
     /// A `_write_fallback` timer is pending.
     fallback_armed: bool,
+    /// Read pipe: chunks read but not yet handed to data_received (see
+    /// `read_pipe_batch`), and whether `_deliver_pending` is scheduled.
+    rbuf: VecDeque<Py<PyBytes>>,
+    deliver_scheduled: bool,
 }
 
 /// What a write pipe in edge mode knows about its fill level.
@@ -537,12 +545,12 @@ impl StreamTransport {
         }
     }
 
-    /// Reads what a pipe or socket holds (FIONREAD) straight into a new bytes
-    /// object of that size: no copy out of the shared read buffer, and no
-    /// allocation bigger than the data. None when it looks empty (EOF, a
-    /// spurious wake-up) or cannot say (FIONREAD unsupported): the caller then
-    /// reads through the shared buffer.
-    fn read_exact<'py>(
+    /// A socket after a big read (`large_reads`): reads what it holds
+    /// (FIONREAD) straight into a new bytes object of that size, up to
+    /// MAX_READ, with no copy out of the shared read buffer. None when it looks
+    /// empty (EOF, a spurious wake-up) or cannot say: the caller then reads
+    /// through the shared buffer.
+    fn read_socket_exact<'py>(
         &self,
         py: Python<'py>,
     ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
@@ -551,7 +559,7 @@ impl StreamTransport {
         if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
             return None;
         }
-        let want = (avail as usize).min(PIPE_READ_CHUNK);
+        let want = (avail as usize).min(MAX_READ);
         // SAFETY: a new, uninitialised bytes object of `want` bytes; nobody else
         // sees it before it is filled below.
         let obj =
@@ -567,10 +575,173 @@ impl StreamTransport {
         Some(match self.sys_read(ptr, want) {
             Ok(n) if n == want => Ok((n, Some(bytes))),
             Ok(0) => Ok((0, None)),
-            // Someone else drained the pipe meanwhile: keep what we got.
+            // Less than announced (someone else read meanwhile): keep what we got.
             Ok(n) => Ok((n, Some(PyBytes::new(py, &bytes.as_bytes()[..n])))),
             Err(e) => Err(e),
         })
+    }
+
+    /// Reads what a pipe holds (FIONREAD, up to PIPE_READ_BATCH) with one
+    /// readv() straight into new bytes objects of at most PIPE_READ_CHUNK
+    /// each: no copy out of a shared buffer, no allocation bigger than the
+    /// data. The pipe's lock is taken once per batch rather than once per
+    /// chunk: a writer on another CPU holds that lock while it copies in, and
+    /// every read meeting it spins until it is done. The first chunk goes to
+    /// data_received() now, the others one per loop iteration (or after
+    /// resume_reading()), as if read then.
+    ///
+    /// None when the pipe looks empty (EOF, a spurious wake-up) or cannot say
+    /// (FIONREAD unsupported): the caller then reads through the shared buffer.
+    fn read_pipe_batch<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
+        let mut avail: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through a valid pointer.
+        if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
+            return None;
+        }
+        let want = (avail as usize).min(PIPE_READ_BATCH);
+        let mut pieces = Vec::with_capacity(want.div_ceil(PIPE_READ_CHUNK));
+        let mut iov = Vec::with_capacity(pieces.capacity());
+        let mut left = want;
+        while left > 0 {
+            let n = left.min(PIPE_READ_CHUNK);
+            // SAFETY: a new, uninitialised bytes object of `n` bytes; nobody
+            // else sees it before it is filled below.
+            let obj =
+                unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
+            if obj.is_null() {
+                drop(PyErr::take(py));
+                return None;
+            }
+            // SAFETY: `obj` is a new reference to a bytes object of `n` bytes.
+            let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
+            iov.push(libc::iovec {
+                // SAFETY: the bytes object owns `n` bytes at this address.
+                iov_base: unsafe { ffi::PyBytes_AsString(obj) }.cast(),
+                iov_len: n,
+            });
+            pieces.push(bytes);
+            left -= n;
+        }
+        let got = loop {
+            // SAFETY: every iovec points into a bytes object alive in `pieces`.
+            let n = unsafe { libc::readv(self.fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Some(Err(e));
+            }
+        };
+        if got < want {
+            // Someone else drained the pipe meanwhile: keep what we got.
+            let mut kept = 0;
+            let mut short = Vec::new();
+            for piece in pieces {
+                let len = piece.as_bytes().len();
+                if kept + len <= got {
+                    kept += len;
+                    short.push(piece);
+                } else {
+                    if got > kept {
+                        short.push(PyBytes::new(py, &piece.as_bytes()[..got - kept]));
+                    }
+                    break;
+                }
+            }
+            pieces = short;
+        }
+        Some(Ok((got, pieces)))
+    }
+
+    /// Hands the next pending chunk of a read pipe to the protocol and
+    /// schedules what follows. Returns None when nothing is pending.
+    fn deliver_one_pending(
+        slf: &Bound<'_, Self>,
+        proto: &Bound<'_, PyAny>,
+    ) -> Option<PyResult<()>> {
+        let py = slf.py();
+        let this = slf.get();
+        let chunk = this.inner.borrow_mut(py).rbuf.pop_front()?;
+        let res = Self::deliver(slf, proto, chunk.into_bound(py));
+        if res.is_ok() {
+            return Some(Self::schedule_delivery(slf, true));
+        }
+        Some(res)
+    }
+
+    /// Schedules `_deliver_pending` (when something is pending, or `always`:
+    /// after a delivery, the next read waits until what the protocol
+    /// scheduled has run, as it would with one read per iteration).
+    fn schedule_delivery(slf: &Bound<'_, Self>, always: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.borrow_mut(py);
+            if inner.deliver_scheduled || (inner.rbuf.is_empty() && !always) {
+                return Ok(());
+            }
+            inner.deliver_scheduled = true;
+        }
+        let cb = slf.getattr(intern!(py, "_deliver_pending"))?.unbind();
+        this.core(py).schedule(py, cb, PyTuple::empty(py).unbind())
+    }
+
+    /// data_received(data), or for a protocol that became a BufferedProtocol
+    /// since the data was read, get_buffer()/buffer_updated() until it is in.
+    fn deliver(
+        slf: &Bound<'_, Self>,
+        proto: &Bound<'_, PyAny>,
+        data: Bound<'_, PyBytes>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().inner.borrow_mut(py).buffered {
+            return match pyhelpers::guarded(|| {
+                proto.call_method1(intern!(py, "data_received"), (data,))
+            }) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")
+                }
+            };
+        }
+        let mut rest = data.as_bytes();
+        while !rest.is_empty() {
+            let step =
+                pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (rest.len(),)))
+                    .and_then(|buf| {
+                        let view = ByteView::new(&buf, true)?;
+                        let n = view.len().min(rest.len());
+                        if n == 0 {
+                            return Err(PyRuntimeError::new_err(
+                                "get_buffer() returned an empty buffer",
+                            ));
+                        }
+                        // SAFETY: `n` bytes fit in both the view and `rest`.
+                        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), view.ptr(), n) };
+                        Ok(n)
+                    })
+                    .and_then(|n| {
+                        pyhelpers::guarded(|| {
+                            proto.call_method1(intern!(py, "buffer_updated"), (n,))
+                        })
+                        .map(|_| n)
+                    });
+            match step {
+                Ok(n) => rest = &rest[n..],
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    )
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Queues `view[start..]`: by reference when `data` is a big enough bytes
@@ -681,6 +852,8 @@ impl StreamTransport {
                 sendfile_active: false,
                 pipe_state: PipeState::Open,
                 fallback_armed: false,
+                rbuf: VecDeque::new(),
+                deliver_scheduled: false,
             }),
             fd,
             kind,
@@ -740,6 +913,17 @@ impl StreamTransport {
             }
         };
         let proto = proto.bind(py);
+        {
+            let inner = this.inner.borrow_mut(py);
+            if inner.deliver_scheduled || !inner.rbuf.is_empty() {
+                // Chunks already read go first, and reads wait, through
+                // `_deliver_pending`, which runs after whatever the previous
+                // chunk made the protocol schedule (a subprocess pipe pauses
+                // a StreamReader one call_soon later).
+                drop(inner);
+                return Self::schedule_delivery(slf, false);
+            }
+        }
         if buffered {
             let buf =
                 match pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (-1,))) {
@@ -797,10 +981,30 @@ impl StreamTransport {
                 Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         } else {
-            let direct = if this.kind == Kind::ReadPipe
-                || this.large_reads.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                this.read_exact(py)
+            if this.kind == Kind::ReadPipe {
+                if let Some(res) = this.read_pipe_batch(py) {
+                    return match res {
+                        Ok((0, _)) => Self::on_eof(slf),
+                        Ok((n, pieces)) => {
+                            this.core(py).count_bytes(py, n, 0);
+                            let mut pieces = pieces.into_iter();
+                            let Some(first) = pieces.next() else {
+                                return Ok(());
+                            };
+                            this.inner
+                                .borrow_mut(py)
+                                .rbuf
+                                .extend(pieces.map(|p| p.unbind()));
+                            Self::deliver(slf, proto, first)?;
+                            Self::schedule_delivery(slf, true)
+                        }
+                        Err(e) if would_block(&e) => Ok(()),
+                        Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
+                    };
+                }
+            }
+            let direct = if this.large_reads.load(std::sync::atomic::Ordering::Relaxed) {
+                this.read_socket_exact(py)
             } else {
                 None
             };
@@ -853,6 +1057,30 @@ impl StreamTransport {
                 Err(e) if would_block(&e) => Ok(()),
                 Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
+        }
+    }
+
+    /// Scheduled while a read pipe has chunks read but not yet delivered.
+    fn _deliver_pending(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let proto = {
+            let mut inner = this.inner.borrow_mut(py);
+            inner.deliver_scheduled = false;
+            if inner.conn_lost > 0 || inner.closing || inner.paused {
+                // resume_reading() schedules us again.
+                return Ok(());
+            }
+            match &inner.protocol {
+                Some(p) => p.clone_ref(py),
+                None => return Ok(()),
+            }
+        };
+        match Self::deliver_one_pending(slf, proto.bind(py)) {
+            Some(res) => res,
+            // Nothing pending: this is the read that waited (see
+            // `schedule_delivery`).
+            None => Self::_read_ready(slf),
         }
     }
 
@@ -1190,7 +1418,8 @@ impl StreamTransport {
         if this.core(py).is_closed_now(py) {
             return Ok(());
         }
-        Self::watch_read(slf)
+        Self::watch_read(slf)?;
+        Self::schedule_delivery(slf, false)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1332,6 +1561,7 @@ impl StreamTransport {
                 return Ok(());
             }
             inner.closing = true;
+            inner.rbuf.clear();
             (
                 inner.protocol.take(),
                 inner.sock.take(),

@@ -541,3 +541,58 @@ def test_write_pipe_enlarged_behind_the_transport(loop):
         assert run(loop, main()) == b"a" * 65536 + b"b" * 1000
     finally:
         os.close(r)
+
+
+def test_read_pipe_pause_in_data_received_with_full_pipe(loop):
+    """A protocol pausing in every data_received() gets nothing more until it
+    resumes, even when the transport took more out of the pipe at once; all
+    data arrives in order."""
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+    payload = os.urandom(1 << 16) * 12  # 768 KiB: fits in the pipe at once
+    os.write(w, payload)
+    os.close(w)
+    rf = open(r, "rb", buffering=0)
+
+    async def main():
+        got = []
+        done = loop.create_future()
+        violations = []
+
+        class P(asyncio.Protocol):
+            paused = False
+
+            def connection_made(self, tr):
+                self.tr = tr
+
+            def data_received(self, data):
+                if self.paused:
+                    violations.append(len(data))
+                got.append(data)
+                self.paused = True
+                self.tr.pause_reading()
+                loop.call_later(0.01, self.resume)
+
+            def resume(self):
+                self.paused = False
+                self.tr.resume_reading()
+
+            def eof_received(self):
+                pass
+
+            def connection_lost(self, exc):
+                done.set_result(exc)
+
+        await loop.connect_read_pipe(P, rf)
+        await done
+        return b"".join(got), violations, len(got)
+
+    data, violations, n = run(loop, main())
+    assert data == payload
+    assert violations == []
+    assert n >= 3
