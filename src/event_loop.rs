@@ -334,7 +334,9 @@ impl CoreLoop {
                 (t, true, dead, now)
             }
         };
-        drop(dead);
+        for d in dead {
+            drop(d.into_bound(py));
+        }
 
         let blocked = timeout != Some(0.0);
         let n_events = if !blocked {
@@ -395,6 +397,7 @@ impl CoreLoop {
         // run here at the latest, right after the wake-up that the signal caused.
         py.check_signals()?;
 
+        let mut dead_due = Vec::new();
         {
             let mut st = this.state.borrow_mut(py);
             if st.timers.len() > 0 {
@@ -403,19 +406,23 @@ impl CoreLoop {
                 st.timers.pop_due(end, due);
             }
             for th in due.drain(..) {
-                let b = th.bind(py);
+                // Moved, not cloned: no reference-count traffic per timer.
+                let b = th.into_bound(py);
                 let base: &Handle = b.as_super().get();
                 base.set_scheduled(py, false);
                 if base.is_cancelled(py) {
                     st.timers.note_due_cancelled();
+                    // Freed after the state borrow ends (freeing may run code).
+                    dead_due.push(b);
                     continue;
                 }
                 // SAFETY: TimerHandle extends Handle, so the object is a Handle.
-                let h = unsafe { b.clone().into_any().cast_into_unchecked::<Handle>() };
+                let h = unsafe { b.into_any().cast_into_unchecked::<Handle>() };
                 st.ready.push_back(h.unbind());
             }
             st.stats.iterations += 1;
         }
+        drop(dead_due);
 
         let (ntodo, debug, detector) = {
             let st = this.state.borrow_mut(py);

@@ -8,7 +8,9 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 
 struct Entry {
-    when: f64,
+    // The deadline as an unsigned key with the same order as f64::total_cmp,
+    // so each of the heap's many comparisons is two integer compares.
+    key: u64,
     seq: u64,
     handle: Py<TimerHandle>,
 }
@@ -27,11 +29,27 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     // Reversed: BinaryHeap is a max-heap and we want the earliest deadline on top.
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        (other.key, other.seq).cmp(&(self.key, self.seq))
     }
+}
+
+const SIGN: u64 = 1 << 63;
+
+/// f64 -> u64 preserving `total_cmp` order (negative values reversed below
+/// the positive ones).
+#[inline]
+fn order_key(when: f64) -> u64 {
+    let b = when.to_bits();
+    if b & SIGN != 0 {
+        !b
+    } else {
+        b | SIGN
+    }
+}
+
+#[inline]
+fn key_when(key: u64) -> f64 {
+    f64::from_bits(if key & SIGN != 0 { key & !SIGN } else { !key })
 }
 
 /// Compaction happens once this many cancelled timers sit in the heap and
@@ -73,7 +91,7 @@ impl TimerHeap {
             when
         };
         self.heap.push(Entry {
-            when,
+            key: order_key(when),
             seq: self.seq,
             handle,
         });
@@ -131,13 +149,13 @@ impl TimerHeap {
     }
 
     pub fn next_deadline(&self) -> Option<f64> {
-        self.heap.peek().map(|e| e.when)
+        self.heap.peek().map(|e| key_when(e.key))
     }
 
     /// Pops every timer due at `now`, cancelled ones included (the caller skips them).
     pub fn pop_due(&mut self, now: f64, out: &mut Vec<Py<TimerHandle>>) {
         while let Some(top) = self.heap.peek() {
-            if top.when > now {
+            if key_when(top.key) > now {
                 break;
             }
             if let Some(e) = self.heap.pop() {
