@@ -21,6 +21,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_slots(m.py())?;
+    handles::install_methods(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
