@@ -334,8 +334,15 @@ impl CoreLoop {
                 (t, true, dead, now)
             }
         };
-        for d in dead {
-            drop(d.into_bound(py));
+        // Each empty-collection guard below spares a busy iteration the
+        // setup and teardown of an iterator over nothing.
+        if dead.capacity() == 0 {
+            // Never allocated: nothing to free, skip the drop glue.
+            std::mem::forget(dead);
+        } else {
+            for d in dead {
+                drop(d.into_bound(py));
+            }
         }
 
         let blocked = timeout != Some(0.0);
@@ -371,21 +378,25 @@ impl CoreLoop {
             }
         }
         let mut stale = Vec::new();
-        for r in scratch.drain(..) {
-            match r {
-                Ready::Callback(h) => this.state.borrow_mut(py).ready.push_back(h),
-                Ready::StaleReader(fd) => {
-                    stale.extend(this.state.borrow_mut(py).poller.clear(fd, false))
-                }
-                Ready::StaleWriter(fd) => {
-                    stale.extend(this.state.borrow_mut(py).poller.clear(fd, true))
-                }
-                Ready::Internal(fd) => {
-                    this.drain_wakeup(py, fd);
-                    let mut st = this.state.borrow_mut(py);
-                    if let Some(timer) = st.deadline.as_mut() {
-                        if timer.raw_fd() == fd {
-                            timer.fired();
+        if scratch.is_empty() {
+            // Nothing from epoll this time.
+        } else {
+            for r in scratch.drain(..) {
+                match r {
+                    Ready::Callback(h) => this.state.borrow_mut(py).ready.push_back(h),
+                    Ready::StaleReader(fd) => {
+                        stale.extend(this.state.borrow_mut(py).poller.clear(fd, false))
+                    }
+                    Ready::StaleWriter(fd) => {
+                        stale.extend(this.state.borrow_mut(py).poller.clear(fd, true))
+                    }
+                    Ready::Internal(fd) => {
+                        this.drain_wakeup(py, fd);
+                        let mut st = this.state.borrow_mut(py);
+                        if let Some(timer) = st.deadline.as_mut() {
+                            if timer.raw_fd() == fd {
+                                timer.fired();
+                            }
                         }
                     }
                 }
@@ -405,24 +416,28 @@ impl CoreLoop {
                 let end = if blocked { clock::monotonic() } else { now };
                 st.timers.pop_due(end, due);
             }
-            for th in due.drain(..) {
-                // Moved, not cloned: no reference-count traffic per timer.
-                let b = th.into_bound(py);
-                let base: &Handle = b.as_super().get();
-                base.set_scheduled(py, false);
-                if base.is_cancelled(py) {
-                    st.timers.note_due_cancelled();
-                    // Freed after the state borrow ends (freeing may run code).
-                    dead_due.push(b);
-                    continue;
+            if !due.is_empty() {
+                for th in due.drain(..) {
+                    // Moved, not cloned: no reference-count traffic per timer.
+                    let b = th.into_bound(py);
+                    let base: &Handle = b.as_super().get();
+                    base.set_scheduled(py, false);
+                    if base.is_cancelled(py) {
+                        st.timers.note_due_cancelled();
+                        // Freed after the state borrow ends (freeing may run code).
+                        dead_due.push(b);
+                        continue;
+                    }
+                    // SAFETY: TimerHandle extends Handle, so the object is a Handle.
+                    let h = unsafe { b.into_any().cast_into_unchecked::<Handle>() };
+                    st.ready.push_back(h.unbind());
                 }
-                // SAFETY: TimerHandle extends Handle, so the object is a Handle.
-                let h = unsafe { b.into_any().cast_into_unchecked::<Handle>() };
-                st.ready.push_back(h.unbind());
             }
             st.stats.iterations += 1;
         }
-        drop(dead_due);
+        if !dead_due.is_empty() {
+            drop(dead_due);
+        }
 
         let (ntodo, debug, detector) = {
             let st = this.state.borrow_mut(py);
@@ -1180,7 +1195,7 @@ impl CoreLoop {
     }
 
     /// Returns exactly what was given to set_debug(), as asyncio does.
-    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+    pub fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
         match self.state.try_borrow_mut(py) {
             Some(st) => match &st.debug_value {
                 Some(v) => v.clone_ref(py),
