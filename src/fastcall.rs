@@ -429,6 +429,26 @@ unsafe extern "C" fn call_at(
     )
 }
 
+/// `loop.is_closed()`: asyncio calls it for every task created.
+unsafe extern "C" fn is_closed(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+    ffi::PyBool_FromLong(this.get().is_closed_now(py) as std::ffi::c_long)
+}
+
+/// `loop.get_debug()`: the C Task constructor calls it for every task.
+unsafe extern "C" fn get_debug(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+    this.get().get_debug(py).into_ptr()
+}
+
 type Raw = unsafe extern "C" fn(
     *mut ffi::PyObject,
     *const *mut ffi::PyObject,
@@ -445,17 +465,45 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         (c"call_later", call_later, c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds."),
         (c"call_at", call_at, c"call_at($self, when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`."),
     ];
+    type NoArgs =
+        unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+    let noargs: [(&'static CStr, NoArgs, &'static CStr); 2] = [
+        (
+            c"is_closed",
+            is_closed,
+            c"is_closed($self, /)\n--\n\nReturns True if the event loop was closed.",
+        ),
+        (
+            c"get_debug",
+            get_debug,
+            c"get_debug($self, /)\n--\n\nReturns what was given to set_debug().",
+        ),
+    ];
     let ty = CoreLoop::type_object(py);
-    for (name, func, doc) in table {
-        // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
-        let def = Box::leak(Box::new(ffi::PyMethodDef {
+    let defs = table
+        .into_iter()
+        .map(|(name, func, doc)| ffi::PyMethodDef {
             ml_name: name.as_ptr(),
             ml_meth: ffi::PyMethodDefPointer {
                 PyCFunctionFastWithKeywords: func,
             },
             ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
             ml_doc: doc.as_ptr(),
-        }));
+        })
+        .chain(
+            noargs
+                .into_iter()
+                .map(|(name, func, doc)| ffi::PyMethodDef {
+                    ml_name: name.as_ptr(),
+                    ml_meth: ffi::PyMethodDefPointer { PyCFunction: func },
+                    ml_flags: ffi::METH_NOARGS,
+                    ml_doc: doc.as_ptr(),
+                }),
+        );
+    for def in defs {
+        let name = def.ml_name;
+        // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
+        let def = Box::leak(Box::new(def));
         // SAFETY: a valid type object and a 'static method definition.
         let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
         if descr.is_null() {
@@ -466,8 +514,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
         unsafe {
             let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
-            if dict.is_null() || ffi::PyDict_SetItemString(dict, name.as_ptr(), descr.as_ptr()) < 0
-            {
+            if dict.is_null() || ffi::PyDict_SetItemString(dict, name, descr.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
             ffi::PyType_Modified(ty.as_ptr().cast());

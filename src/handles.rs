@@ -664,13 +664,22 @@ unsafe extern "C" fn handle_traverse(
         return r;
     }
     if let Some(inner) = h.inner.try_borrow_mut_in_gc() {
-        let refs = [
-            inner.callback.as_ref().map(|o| o.as_ptr()),
-            inner.args.as_ref().and_then(|a| a.as_ptr()),
-            inner.source_traceback().map(|o| o.as_ptr()),
-        ];
-        for p in refs.into_iter().flatten() {
+        // Straight-line (no array of options): this runs for every young
+        // handle on every GC pass.
+        if let Some(cb) = &inner.callback {
+            let r = visit(cb.as_ptr(), arg);
+            if r != 0 {
+                return r;
+            }
+        }
+        if let Some(p) = inner.args.as_ref().and_then(|a| a.as_ptr()) {
             let r = visit(p, arg);
+            if r != 0 {
+                return r;
+            }
+        }
+        if let Some(tb) = inner.source_traceback() {
+            let r = visit(tb.as_ptr(), arg);
             if r != 0 {
                 return r;
             }
@@ -969,6 +978,69 @@ pub fn install_slots(py: Python<'_>) -> PyResult<()> {
         if let Some(layout) = measure_layout(py)? {
             let _ = LAYOUT.set(layout);
         }
+    }
+    Ok(())
+}
+
+/// `TimerHandle.cancel` as a plain METH_NOARGS function: every wait_for(),
+/// timeout and cancelled sleep goes through it, and PyO3's method trampoline
+/// (thread-state bookkeeping in thread-local storage) costs more than the
+/// cancel itself.
+unsafe extern "C" fn timer_cancel_raw(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    // The method descriptor checked the receiver's type before calling us.
+    let b = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<TimerHandle>();
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| TimerHandle::cancel(&b)));
+    match res {
+        Ok(Ok(())) => {
+            let none = ffi::Py_None();
+            ffi::Py_INCREF(none);
+            none
+        }
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            pyo3::exceptions::PySystemError::new_err("tokioloop: internal panic in cancel()")
+                .restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Replaces the PyO3-generated `TimerHandle.cancel` with `timer_cancel_raw`.
+pub fn install_methods(py: Python<'_>) -> PyResult<()> {
+    use pyo3::PyTypeInfo;
+    let ty = TimerHandle::type_object(py);
+    // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"cancel".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: timer_cancel_raw,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc:
+            c"cancel($self, /)\n--\n\nCancel the timer (its callback and arguments are released)."
+                .as_ptr(),
+    }));
+    // SAFETY: a valid type object and a 'static method definition; then the
+    // type's own dict is updated and CPython told its caches are stale.
+    unsafe {
+        let descr = ffi::PyDescr_NewMethod(ty.as_type_ptr(), def);
+        if descr.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let descr = Bound::from_owned_ptr(py, descr);
+        let dict = (*ty.as_type_ptr()).tp_dict;
+        if dict.is_null() || ffi::PyDict_SetItemString(dict, c"cancel".as_ptr(), descr.as_ptr()) < 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+        ffi::PyType_Modified(ty.as_type_ptr());
     }
     Ok(())
 }

@@ -39,6 +39,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_slots(m.py())?;
+    handles::install_methods(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
