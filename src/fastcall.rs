@@ -202,6 +202,22 @@ fn optional_float(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
     }
 }
 
+/// Runs a raw entry point's fast path so that a panic inside it becomes a
+/// Python SystemError instead of unwinding out of an `extern "C"` function
+/// (which aborts the process). Free on the non-panicking path.
+#[inline(always)]
+fn no_unwind<R>(method: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            // SAFETY: only called from entry points CPython invokes with the GIL held.
+            let py = unsafe { Python::assume_attached() };
+            PySystemError::new_err(format!("tokioloop: internal panic in {method}()")).restore(py);
+            fallback
+        }
+    }
+}
+
 type Body = for<'a, 'py> fn(Python<'py>, &CoreLoop, Parsed<'a, 'py>) -> PyResult<Py<PyAny>>;
 
 /// # Safety
@@ -255,7 +271,10 @@ unsafe extern "C" fn call_soon(
             let py = Python::assume_attached();
             let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
             let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
-            if let Some(res) = this.get().call_soon_fast(py, *args, rest, ctx) {
+            let fast = no_unwind("call_soon", Some(std::ptr::null_mut()), || {
+                this.get().call_soon_fast(py, *args, rest, ctx)
+            });
+            if let Some(res) = fast {
                 return res;
             }
         }
@@ -287,7 +306,10 @@ unsafe extern "C" fn call_soon_threadsafe(
             let py = Python::assume_attached();
             let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
             let rest = std::slice::from_raw_parts(args.add(1), nargs - 1);
-            if let Some(res) = this.get().call_soon_threadsafe_fast(py, *args, rest, ctx) {
+            let fast = no_unwind("call_soon_threadsafe", Some(std::ptr::null_mut()), || {
+                this.get().call_soon_threadsafe_fast(py, *args, rest, ctx)
+            });
+            if let Some(res) = fast {
                 return res;
             }
         }
@@ -383,7 +405,10 @@ unsafe extern "C" fn call_later(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    if let Some(res) = timer_fast(slf, args, nargs, kw, true) {
+    let fast = no_unwind("call_later", Some(std::ptr::null_mut()), || {
+        timer_fast(slf, args, nargs, kw, true)
+    });
+    if let Some(res) = fast {
         return res;
     }
     entry(
@@ -409,7 +434,10 @@ unsafe extern "C" fn call_at(
     nargs: ffi::Py_ssize_t,
     kw: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    if let Some(res) = timer_fast(slf, args, nargs, kw, false) {
+    let fast = no_unwind("call_at", Some(std::ptr::null_mut()), || {
+        timer_fast(slf, args, nargs, kw, false)
+    });
+    if let Some(res) = fast {
         return res;
     }
     entry(
@@ -436,7 +464,9 @@ unsafe extern "C" fn is_closed(
 ) -> *mut ffi::PyObject {
     let py = Python::assume_attached();
     let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
-    ffi::PyBool_FromLong(this.get().is_closed_now(py) as std::ffi::c_long)
+    no_unwind("is_closed", std::ptr::null_mut(), || {
+        ffi::PyBool_FromLong(this.get().is_closed_now(py) as std::ffi::c_long)
+    })
 }
 
 /// `loop.get_debug()`: the C Task constructor calls it for every task.
@@ -446,7 +476,9 @@ unsafe extern "C" fn get_debug(
 ) -> *mut ffi::PyObject {
     let py = Python::assume_attached();
     let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
-    this.get().get_debug(py).into_ptr()
+    no_unwind("get_debug", std::ptr::null_mut(), || {
+        this.get().get_debug(py).into_ptr()
+    })
 }
 
 type Raw = unsafe extern "C" fn(
