@@ -8,9 +8,12 @@ import asyncio
 import os
 import pty
 import socket
+import sys
 import tempfile
 
 import pytest
+
+import tokioloop
 
 from net_helpers import CollectProtocol, run
 
@@ -379,6 +382,16 @@ def _drain_in_thread(fd, into):
     return t
 
 
+def _assert_same_stream(got, expected):
+    """Compares two big byte strings without pytest's (very slow) diff of them."""
+    if got != expected:
+        i = next((k for k, (x, y) in enumerate(zip(got, expected)) if x != y), min(len(got), len(expected)))
+        pytest.fail(
+            f"stream differs at byte {i} (got {len(got)} bytes, expected {len(expected)}): "
+            f"{got[i:i + 16]!r} != {expected[i:i + 16]!r}"
+        )
+
+
 def _mixed_writes(tr):
     """Writes bytes, a bytearray and a memoryview that the caller then
     mutates, and many small writes; returns what must arrive."""
@@ -426,11 +439,17 @@ def test_write_pipe_queued_data_intact(loop):
         expected = run(loop, main())
     finally:
         os.close(r)
-    assert b"".join(got) == expected
+    _assert_same_stream(b"".join(got), expected)
 
 
 def test_socket_queued_data_intact(loop):
     """The same over a stream socket transport (shared with TCP)."""
+    if not isinstance(loop, tokioloop.Loop) and sys.version_info >= (3, 12):
+        pytest.skip(
+            "CPython 3.12+'s selector socket transport queues the caller's bytearray/"
+            "memoryview without copying it (write() appends memoryview(data)[n:]), so a "
+            "buffer mutated after write() changes what is sent; tokioloop copies"
+        )
     a, b = socket.socketpair()
     got = []
 
@@ -449,7 +468,7 @@ def test_socket_queued_data_intact(loop):
         expected = run(loop, main())
     finally:
         b.close()
-    assert b"".join(got) == expected
+    _assert_same_stream(b"".join(got), expected)
 
 
 def test_write_pipe_exactly_filled_then_more(loop):
