@@ -274,20 +274,8 @@ def test_sniffio_and_current_async_library(anyio_run):
     assert anyio_run(main) == ("asyncio", True)
 
 
-# Known tokioloop bugs found by anyio's own test suite (docs/ecosystem.md). Marked
-# xfail (strict) on tokioloop only, so that the fix shows up as an XPASS to unmark.
-_TOKIOLOOP_BUG = {
-    "remove_reader": "tokioloop bug: loop.remove_reader()/remove_writer() of a socket object "
-    "closed after add_reader() raises ValueError('Invalid file descriptor: -1'); "
-    "the stdlib loop finds the registration by the object and returns True",
-    "refcycle": "tokioloop bug: a failed sock_connect leaves its exception in a reference cycle "
-    "(traceback -> _wait_io's on_ready frame -> closure cell 'fut' -> Future -> exception)",
-}
-
-
-def _xfail_on_tokioloop(request, anyio_run, bug):
-    if anyio_run.kind == "tokioloop":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_TOKIOLOOP_BUG[bug]))
+# The two tokioloop bugs anyio's own test suite found (docs/ecosystem.md) are fixed;
+# the tests below pin the fixes.
 
 
 def test_anyio_unix_stream_closed_during_receive(anyio_run, tmp_path, request):

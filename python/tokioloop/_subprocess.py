@@ -55,7 +55,6 @@ import weakref
 from asyncio import protocols, transports
 from asyncio.log import logger
 
-from ._tokioloop import StreamTransport
 from ._transports import new_stream_transport
 
 
