@@ -572,6 +572,32 @@ impl CoreLoop {
 
     // ---- scheduling, shared by the pymethods and the fast-call entry points ----
 
+    /// The Handle for a fast-path call_soon(_threadsafe): None when the shape
+    /// or the loop's state needs the general path; a null pointer (with the
+    /// Python error set) when allocation failed.
+    ///
+    /// # Safety
+    /// As for `call_soon_fast`.
+    #[inline(always)]
+    unsafe fn fast_handle(
+        &self,
+        py: Python<'_>,
+        cb: *mut pyo3::ffi::PyObject,
+        rest: &[*mut pyo3::ffi::PyObject],
+        ctx: *mut pyo3::ffi::PyObject,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        {
+            let st = self.state.try_borrow_mut(py)?;
+            if st.closed || st.debug {
+                return None;
+            }
+        }
+        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
+            return None;
+        }
+        Handle::new_object_fast(py, cb, rest.first().copied(), ctx)
+    }
+
     /// `call_soon` for the common case (loop open, not in debug mode, a
     /// callable, at most one argument): no Result plumbing, the handle built
     /// in place. `None` means the general path must handle the call (it also
@@ -589,16 +615,7 @@ impl CoreLoop {
         rest: &[*mut pyo3::ffi::PyObject],
         ctx: *mut pyo3::ffi::PyObject,
     ) -> Option<*mut pyo3::ffi::PyObject> {
-        {
-            let st = self.state.try_borrow_mut(py)?;
-            if st.closed || st.debug {
-                return None;
-            }
-        }
-        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
-            return None;
-        }
-        let obj = Handle::new_object_fast(py, cb, rest.first().copied(), ctx)?;
+        let obj = self.fast_handle(py, cb, rest, ctx)?;
         if obj.is_null() {
             return Some(obj);
         }
@@ -696,16 +713,7 @@ impl CoreLoop {
         rest: &[*mut pyo3::ffi::PyObject],
         ctx: *mut pyo3::ffi::PyObject,
     ) -> Option<*mut pyo3::ffi::PyObject> {
-        {
-            let st = self.state.try_borrow_mut(py)?;
-            if st.closed || st.debug {
-                return None;
-            }
-        }
-        if rest.len() > 1 || pyo3::ffi::PyCallable_Check(cb) == 0 {
-            return None;
-        }
-        let obj = Handle::new_object_fast(py, cb, rest.first().copied(), ctx)?;
+        let obj = self.fast_handle(py, cb, rest, ctx)?;
         if obj.is_null() {
             return Some(obj);
         }

@@ -556,18 +556,30 @@ pub fn _sock_recv_into(
     if PyBuf::get(buf, true).is_err() {
         return Ok(not_implemented(py));
     }
-    let (ready, stream) = known_state(lp, fd, sock, false);
-    let mut op = Op::RecvInto {
+    let op = Op::RecvInto {
         buf: buf.clone().unbind(),
     };
+    attempt_or_wait(lp, sock, fd, op, false)
+}
+
+/// The operation now if the fd may be ready, else (or on EAGAIN) a future
+/// completed by the run loop when it is.
+fn attempt_or_wait(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    mut op: Op,
+    write: bool,
+) -> PyResult<Py<PyAny>> {
+    let (ready, stream) = known_state(lp, fd, sock, write);
     if ready {
-        match attempt(py, fd, &mut op, stream) {
+        match attempt(lp.py(), fd, &mut op, stream) {
             Attempt::Done(r) => return Ok(r),
-            Attempt::Again => note_not_ready(lp, fd, false),
+            Attempt::Again => note_not_ready(lp, fd, write),
             Attempt::Failed(e) => return Err(e),
         }
     }
-    wait(lp, sock, fd, op, false)
+    wait(lp, sock, fd, op, write)
 }
 
 /// Sends all of `data` now (None), or returns a future of the rest being
@@ -585,16 +597,7 @@ pub fn _sock_sendall(
     let Ok(view) = PyBuf::get(data, false) else {
         return Ok(not_implemented(py));
     };
-    let (ready, stream) = known_state(lp, fd, sock, true);
-    let mut op = Op::SendAll { data: view, pos: 0 };
-    if ready {
-        match attempt(py, fd, &mut op, stream) {
-            Attempt::Done(r) => return Ok(r),
-            Attempt::Again => note_not_ready(lp, fd, true),
-            Attempt::Failed(e) => return Err(e),
-        }
-    }
-    wait(lp, sock, fd, op, true)
+    attempt_or_wait(lp, sock, fd, Op::SendAll { data: view, pos: 0 }, true)
 }
 
 /// Drops the waiter of a cancelled native sock_* call (its future `fut`),
