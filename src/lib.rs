@@ -8,6 +8,7 @@
 )]
 
 mod clock;
+mod datagram;
 mod deadline;
 mod event_loop;
 mod fastcall;
@@ -18,6 +19,7 @@ mod pyhelpers;
 mod ready;
 mod remote;
 mod sock_ops;
+mod sockaddr;
 mod stream;
 mod timers;
 mod write_buf;
@@ -41,10 +43,14 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handles::install_slots(m.py())?;
     handles::install_methods(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
+    m.add_class::<datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_sendall, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_recvfrom, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_recvfrom_into, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_sendto, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_cancel, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

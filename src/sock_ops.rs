@@ -21,6 +21,7 @@
 use crate::event_loop::CoreLoop;
 use crate::handles::Handle;
 use crate::poller::NativeReady;
+use crate::sockaddr::{self, SockAddr};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -157,6 +158,10 @@ enum Op {
     Recv { n: usize },
     RecvInto { buf: Py<PyAny> },
     SendAll { data: PyBuf, pos: usize },
+    RecvFrom { n: usize },
+    RecvFromInto { buf: Py<PyAny>, n: usize },
+    // Boxed: a sockaddr_storage would make every waiter 128 bytes bigger.
+    SendTo { data: PyBuf, addr: Box<SockAddr> },
 }
 
 /// A pending native operation: the future to settle and what to do when the
@@ -169,7 +174,7 @@ pub struct Waiter {
 impl Waiter {
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.fut)?;
-        if let Op::RecvInto { buf } = &self.op {
+        if let Op::RecvInto { buf } | Op::RecvFromInto { buf, .. } = &self.op {
             visit.call(buf)?;
         }
         Ok(())
@@ -177,7 +182,7 @@ impl Waiter {
 }
 
 /// The OSError (subclass) Python's socket module raises for `errno`.
-fn os_error(errno: i32) -> PyErr {
+pub(crate) fn os_error(errno: i32) -> PyErr {
     let msg = std::io::Error::from_raw_os_error(errno).to_string();
     let msg = match msg.rfind(" (os error ") {
         Some(i) => msg[..i].to_string(),
@@ -186,7 +191,7 @@ fn os_error(errno: i32) -> PyErr {
     PyOSError::new_err((errno, msg))
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
@@ -274,6 +279,93 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> RecvResult<'_> {
     }
 }
 
+/// Runs a syscall returning a byte count until it is not interrupted by a
+/// signal (running Python's signal handlers in between, as the socket module
+/// does): the count, errno (Ok) or a handler's exception (Err).
+fn retry_eintr(py: Python<'_>, mut f: impl FnMut() -> isize) -> Result<usize, Result<i32, PyErr>> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(Ok(e));
+        }
+        py.check_signals().map_err(Err)?;
+    }
+}
+
+/// `(value, address)` as socket.recvfrom() returns it.
+fn address_pair<'py>(
+    py: Python<'py>,
+    value: Bound<'py, PyAny>,
+    from: &SockAddr,
+) -> PyResult<Bound<'py, PyAny>> {
+    let addr = match sockaddr::to_py(py, from) {
+        Some(a) => a?,
+        None => py.None().into_bound(py),
+    };
+    Ok(pyo3::types::PyTuple::new(py, [value, addr])?.into_any())
+}
+
+/// recvfrom(2) of up to `n` bytes: `(bytes, address)`. Small datagrams go
+/// through the shared read buffer and are copied out at their size.
+fn recvfrom_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+) -> Result<Bound<'_, PyAny>, Result<i32, PyErr>> {
+    let mut from = SockAddr::empty();
+    let call = |ptr: *mut u8, len: usize, from: &mut SockAddr| {
+        retry_eintr(py, || {
+            from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `ptr` has `len` writable bytes; `from` is a
+            // sockaddr_storage with its size in `len`.
+            unsafe {
+                libc::recvfrom(
+                    fd,
+                    ptr.cast(),
+                    len,
+                    libc::MSG_DONTWAIT,
+                    from.as_mut_ptr(),
+                    &mut from.len,
+                )
+            }
+        })
+    };
+    let data = if n <= crate::stream::MAX_READ {
+        let got = crate::stream::READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let k = call(buf.as_mut_ptr(), n.min(buf.len()), &mut from)?;
+            Ok(PyBytes::new(py, &buf[..k]))
+        });
+        got?
+    } else {
+        // SAFETY: a fresh refcount-1 bytes object of `n` bytes, filled by
+        // recvfrom, shrunk to what came, handed out or dropped.
+        unsafe {
+            let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
+            if obj.is_null() {
+                return Err(Err(PyErr::fetch(py)));
+            }
+            let ptr = ffi::PyBytes_AsString(obj).cast::<u8>();
+            let k = match call(ptr, n, &mut from) {
+                Ok(k) => k,
+                Err(e) => {
+                    ffi::Py_DECREF(obj);
+                    return Err(e);
+                }
+            };
+            if k != n && _PyBytes_Resize(&mut obj, k as ffi::Py_ssize_t) != 0 {
+                return Err(Err(PyErr::fetch(py)));
+            }
+            Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>()
+        }
+    };
+    address_pair(py, data.into_any(), &from).map_err(Err)
+}
+
 /// One attempt of `op` on `fd`; `stream`: a short transfer means "not ready".
 fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
     match op {
@@ -310,6 +402,67 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
                 }
             }
         }
+        Op::RecvFrom { n } => match recvfrom_bytes(py, fd, *n) {
+            Ok(r) => Attempt::Done(r.unbind()),
+            Err(Ok(e)) if would_block(e) => Attempt::Again,
+            Err(Ok(e)) => Attempt::Failed(os_error(e)),
+            Err(Err(err)) => Attempt::Failed(err),
+        },
+        Op::RecvFromInto { buf, n } => {
+            let view = match PyBuf::get(buf.bind(py), true) {
+                Ok(v) => v,
+                Err(e) => return Attempt::Failed(e),
+            };
+            let len = (*n).min(view.len());
+            let mut from = SockAddr::empty();
+            let r = retry_eintr(py, || {
+                from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                // SAFETY: the export keeps `len` writable bytes at `ptr` alive;
+                // `from` is a sockaddr_storage with its size in `len`.
+                unsafe {
+                    libc::recvfrom(
+                        fd,
+                        view.ptr().cast(),
+                        len,
+                        libc::MSG_DONTWAIT,
+                        from.as_mut_ptr(),
+                        &mut from.len,
+                    )
+                }
+            });
+            drop(view);
+            match r {
+                Ok(k) => match address_pair(py, PyInt::new(py, k).into_any(), &from) {
+                    Ok(t) => Attempt::Done(t.unbind()),
+                    Err(e) => Attempt::Failed(e),
+                },
+                Err(Ok(e)) if would_block(e) => Attempt::Again,
+                Err(Ok(e)) => Attempt::Failed(os_error(e)),
+                Err(Err(err)) => Attempt::Failed(err),
+            }
+        }
+        Op::SendTo { data, addr } => {
+            let r = retry_eintr(py, || {
+                // SAFETY: the export keeps `len` readable bytes at `ptr`
+                // alive; `addr` is a valid address of `addr.len` bytes.
+                unsafe {
+                    libc::sendto(
+                        fd,
+                        data.ptr().cast(),
+                        data.len(),
+                        libc::MSG_DONTWAIT,
+                        addr.as_ptr(),
+                        addr.len,
+                    )
+                }
+            });
+            match r {
+                Ok(k) => Attempt::Done(PyInt::new(py, k).into_any().unbind()),
+                Err(Ok(e)) if would_block(e) => Attempt::Again,
+                Err(Ok(e)) => Attempt::Failed(os_error(e)),
+                Err(Err(err)) => Attempt::Failed(err),
+            }
+        }
         Op::SendAll { data, pos } => loop {
             let len = data.len();
             if *pos >= len {
@@ -343,10 +496,7 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-/// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
-/// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
-fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-    let py = lp.py();
+fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
         Ok(py
             .import("socket")?
@@ -354,7 +504,27 @@ fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResul
             .cast_into::<PyType>()?
             .unbind())
     })?;
-    if !sock.get_type().is(ty.bind(py)) {
+    Ok(ty.bind(py))
+}
+
+/// The fd `sock` wraps now (None or -1 once closed): read straight from a
+/// plain socket.socket (see `socket_fd`), else `sock.fileno()`.
+pub(crate) fn current_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let py = sock.py();
+    if sock.get_type().is(socket_type(py)?) {
+        return socket_fd(sock);
+    }
+    Ok(sock
+        .call_method0(intern!(py, "fileno"))?
+        .extract::<i64>()
+        .ok())
+}
+
+/// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
+/// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
+fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = lp.py();
+    if !sock.get_type().is(socket_type(py)?) {
         return Ok(None);
     }
     if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
@@ -598,6 +768,118 @@ pub fn _sock_sendall(
         return Ok(not_implemented(py));
     };
     attempt_or_wait(lp, sock, fd, Op::SendAll { data: view, pos: 0 }, true)
+}
+
+/// The address family of the socket `fd` (SO_DOMAIN), if this module
+/// converts its addresses.
+fn datagram_family(fd: RawFd) -> Option<i32> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && sockaddr::supported(domain)).then_some(domain)
+}
+
+/// `sock.recvfrom(n)` now (a tuple), or a future of it; NotImplemented: use
+/// the Python implementation.
+#[pyfunction]
+pub fn _sock_recvfrom(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    n: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    if !n.is_exact_instance_of::<PyInt>() {
+        return Ok(not_implemented(py));
+    }
+    let Ok(n) = n.extract::<usize>() else {
+        return Ok(not_implemented(py));
+    };
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    if datagram_family(fd).is_none() {
+        return Ok(not_implemented(py));
+    }
+    attempt_or_wait(lp, sock, fd, Op::RecvFrom { n }, false)
+}
+
+/// `sock.recvfrom_into(buf, nbytes)` now (a tuple), or a future of it;
+/// NotImplemented: use the Python implementation (which also raises the
+/// socket module's errors for a bad `nbytes` or buffer).
+#[pyfunction]
+pub fn _sock_recvfrom_into(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+    nbytes: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    if !nbytes.is_exact_instance_of::<PyInt>() {
+        return Ok(not_implemented(py));
+    }
+    let Ok(nbytes) = nbytes.extract::<usize>() else {
+        return Ok(not_implemented(py));
+    };
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    let Ok(view) = PyBuf::get(buf, true) else {
+        return Ok(not_implemented(py));
+    };
+    // asyncio passes len(buf) for nbytes=0; the socket module refuses more.
+    let n = if nbytes == 0 {
+        match buf.len() {
+            Ok(n) => n,
+            Err(_) => return Ok(not_implemented(py)),
+        }
+    } else {
+        nbytes
+    };
+    if n > view.len() || datagram_family(fd).is_none() {
+        return Ok(not_implemented(py));
+    }
+    drop(view);
+    let op = Op::RecvFromInto {
+        buf: buf.clone().unbind(),
+        n,
+    };
+    attempt_or_wait(lp, sock, fd, op, false)
+}
+
+/// `sock.sendto(data, address)` now (an int), or a future of it;
+/// NotImplemented: use the Python implementation (addresses that need
+/// resolving, unusual types).
+#[pyfunction]
+pub fn _sock_sendto(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+    address: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    let Some(family) = datagram_family(fd) else {
+        return Ok(not_implemented(py));
+    };
+    let Some(addr) = sockaddr::from_py(family, address) else {
+        return Ok(not_implemented(py));
+    };
+    let Ok(view) = PyBuf::get(data, false) else {
+        return Ok(not_implemented(py));
+    };
+    let addr = Box::new(addr);
+    attempt_or_wait(lp, sock, fd, Op::SendTo { data: view, addr }, true)
 }
 
 /// Drops the waiter of a cancelled native sock_* call (its future `fut`),

@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 /// The stdlib reads at most this much per readiness event.
-const MAX_READ: usize = 256 * 1024;
+pub(crate) const MAX_READ: usize = 256 * 1024;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
@@ -43,7 +43,7 @@ const MALLOC_ADAPT_SIZE: usize = 2 << 20;
 
 thread_local! {
     // One read buffer per loop thread, reused for every read of every transport.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    pub(crate) static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
 }
 
 /// Streaming a pipe makes short-lived objects of a few hundred KiB: our
@@ -159,12 +159,12 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// A borrowed view of any bytes-like object (bytes, bytearray, memoryview...).
-struct ByteView {
+pub(crate) struct ByteView {
     view: ffi::Py_buffer,
 }
 
 impl ByteView {
-    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+    pub(crate) fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
         // SAFETY: Py_buffer is plain data filled in by PyObject_GetBuffer.
         let mut view: ffi::Py_buffer = unsafe { std::mem::zeroed() };
         let flags = if writable {
@@ -187,7 +187,7 @@ impl ByteView {
         self.view.buf as *mut u8
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         if self.len() == 0 {
             return &[];
         }
@@ -480,28 +480,19 @@ impl StreamTransport {
         )
     }
 
-    /// Calls pause_writing/resume_writing; a failure goes to the exception
-    /// handler (exit exceptions propagate), as the stdlib does.
     fn notify_flow_control(
         slf: &Bound<'_, Self>,
         proto: Option<Py<PyAny>>,
         method: &Bound<'_, pyo3::types::PyString>,
         failure: &str,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let Some(p) = proto else { return Ok(()) };
-        match pyhelpers::guarded(|| p.bind(py).call_method0(method)) {
-            Ok(_) => Ok(()),
-            Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
-            Err(e) => pyhelpers::protocol_callback_failed(
-                py,
-                slf.get().loop_obj.bind(py),
-                slf.as_any(),
-                Some(p),
-                e.into_value(py).into_any(),
-                failure,
-            ),
-        }
+        notify_flow_control(
+            slf.get().loop_obj.bind(slf.py()),
+            slf.as_any(),
+            proto,
+            method,
+            failure,
+        )
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1651,6 +1642,32 @@ impl StreamTransport {
             )
         });
         drop(taken);
+    }
+}
+
+/// Calls pause_writing/resume_writing of `proto`; a failure goes to the
+/// exception handler (exit exceptions propagate), as the stdlib does. Shared
+/// by the stream and datagram transports.
+pub(crate) fn notify_flow_control(
+    event_loop: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+    proto: Option<Py<PyAny>>,
+    method: &Bound<'_, pyo3::types::PyString>,
+    failure: &str,
+) -> PyResult<()> {
+    let py = transport.py();
+    let Some(p) = proto else { return Ok(()) };
+    match pyhelpers::guarded(|| p.bind(py).call_method0(method)) {
+        Ok(_) => Ok(()),
+        Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
+        Err(e) => pyhelpers::protocol_callback_failed(
+            py,
+            event_loop,
+            transport,
+            Some(p),
+            e.into_value(py).into_any(),
+            failure,
+        ),
     }
 }
 

@@ -26,7 +26,15 @@ from asyncio.log import logger
 from ._net import NetworkMixin
 from ._subprocess import SubprocessMixin
 from ._tokioloop import CoreLoop, Handle
-from ._tokioloop import _sock_cancel, _sock_recv, _sock_recv_into, _sock_sendall
+from ._tokioloop import (
+    _sock_cancel,
+    _sock_recv,
+    _sock_recv_into,
+    _sock_recvfrom,
+    _sock_recvfrom_into,
+    _sock_sendall,
+    _sock_sendto,
+)
 
 _SSLSocket = None
 try:
@@ -560,7 +568,8 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
             else:
                 self.remove_reader(fd)
 
-    # sock_recv, sock_recv_into and sock_sendall run natively (src/sock_ops.rs)
+    # sock_recv, sock_recv_into, sock_sendall, sock_recvfrom,
+    # sock_recvfrom_into and sock_sendto run natively (src/sock_ops.rs)
     # for plain socket.socket objects: the Rust side tries the syscall and
     # returns its result, or a future it completes when the fd is ready, or
     # NotImplemented for anything else (SSL sockets, duck-typed objects,
@@ -607,6 +616,18 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return await self._wait_io(sock, False, lambda: sock.recv_into(buf))
 
     async def sock_recvfrom(self, sock, bufsize):
+        r = _sock_recvfrom(self, sock, bufsize)
+        if type(r) is tuple:
+            return r
+        if r is NotImplemented:
+            return await self._sock_recvfrom_py(sock, bufsize)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_recvfrom_py(self, sock, bufsize):
         self._check_nonblocking(sock)
         try:
             return sock.recvfrom(bufsize)
@@ -615,6 +636,18 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return await self._wait_io(sock, False, lambda: sock.recvfrom(bufsize))
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        r = _sock_recvfrom_into(self, sock, buf, nbytes)
+        if type(r) is tuple:
+            return r
+        if r is NotImplemented:
+            return await self._sock_recvfrom_into_py(sock, buf, nbytes)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_recvfrom_into_py(self, sock, buf, nbytes=0):
         self._check_nonblocking(sock)
         if not nbytes:
             nbytes = len(buf)
@@ -657,6 +690,18 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         await self._wait_io(sock, True, attempt)
 
     async def sock_sendto(self, sock, data, address):
+        r = _sock_sendto(self, sock, data, address)
+        if type(r) is int:
+            return r
+        if r is NotImplemented:
+            return await self._sock_sendto_py(sock, data, address)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_sendto_py(self, sock, data, address):
         self._check_nonblocking(sock)
         try:
             return sock.sendto(data, address)

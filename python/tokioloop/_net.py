@@ -5,8 +5,8 @@ pipes and datagrams.
 Unix sockets, pipes) are carried by the native ``_tokioloop.StreamTransport``;
 this module creates the sockets, resolves addresses, accepts connections,
 wires protocols and layers TLS (``asyncio.sslproto.SSLProtocol``) over the
-native transport.  Datagram endpoints use the pure-Python transport of
-``_datagram``.
+native transport.  Datagram endpoints use the native
+``_tokioloop.DatagramTransport`` (src/datagram.rs).
 
 Signatures, error types and messages follow asyncio of the running
 interpreter (3.11, 3.12 or 3.13).
@@ -29,7 +29,6 @@ from asyncio import constants, exceptions, sslproto, staggered, trsock
 from asyncio.log import logger
 
 from . import _tokioloop
-from ._datagram import DatagramTransport
 from ._server import Server
 
 try:
@@ -47,7 +46,7 @@ _HAS_IPv6 = hasattr(socket, "AF_INET6")
 # The native stream transport.  Looked up leniently so that the package still
 # imports against a core built before the transport existed.
 StreamTransport = getattr(_tokioloop, "StreamTransport", None)
-from ._transports import new_stream_transport  # noqa: E402
+from ._transports import new_datagram_transport, new_stream_transport  # noqa: E402
 
 _KIND_SOCKET = 0
 _KIND_READ_PIPE = 1
@@ -1583,7 +1582,7 @@ class NetworkMixin:
         return transport, protocol
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        transport = DatagramTransport(self, sock, protocol, address, extra)
+        transport = new_datagram_transport(self, sock, protocol, address, extra)
         self.call_soon(protocol.connection_made, transport)
         self.call_soon(transport._start)  # read only after connection_made()
         if waiter is not None:

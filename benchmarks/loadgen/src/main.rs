@@ -27,6 +27,14 @@
 //!     /proc/stat (minus the server's and loadgen's own shares = other load).
 //! ```
 //!
+//! loadgen udp-server [--host 127.0.0.1] [--port 0]
+//!     Plain tokio UDP echo server (one thread); prints `PORT <n>`.
+//!
+//! `client --udp 1` does the same round trips over UDP: each "connection" is a
+//! connected UDP socket sending one datagram of `size` bytes and waiting for
+//! its echo (a datagram not echoed within 200 ms counts as lost and is sent
+//! again; `lost` in the JSON).
+//!
 //! The client runs on a tokio current-thread runtime: pin it to one CPU and the
 //! server to another.  Its own CPU use in the window is reported as
 //! `client_cpu_s` / `client_util` so a saturated load generator is visible.
@@ -37,7 +45,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 
 const WARMUP: u8 = 0;
@@ -48,7 +56,8 @@ fn usage() -> ! {
     eprintln!(
         "usage:\n  loadgen server [--host H] [--port P] [--buf BYTES]\n  \
          loadgen client --port P [--host H] [--conns N] [--size BYTES] [--warmup S] \
-         [--duration S] [--requests N] [--rate R] [--server-pid PID] [--timeout S]"
+         [--duration S] [--requests N] [--rate R] [--server-pid PID] [--timeout S] [--udp 1]\n  \
+         loadgen udp-server [--host H] [--port P]"
     );
     std::process::exit(2);
 }
@@ -121,10 +130,20 @@ fn main() {
                 }
             }
         }
+        "udp-server" => {
+            args.check_known(&["host", "port"]);
+            match rt.block_on(udp_server(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("server error: {e}");
+                    1
+                }
+            }
+        }
         "client" => {
             args.check_known(&[
                 "host", "port", "conns", "size", "warmup", "duration", "requests", "rate",
-                "server-pid", "timeout",
+                "server-pid", "timeout", "udp",
             ]);
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, client(args))
@@ -167,6 +186,20 @@ async fn server(args: Args) -> io::Result<()> {
     }
 }
 
+async fn udp_server(args: Args) -> io::Result<()> {
+    let host: String = args.get("host").unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = args.get("port").unwrap_or(0);
+    let sock = UdpSocket::bind((host.as_str(), port)).await?;
+    println!("PORT {}", sock.local_addr()?.port());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, peer) = sock.recv_from(&mut buf).await?;
+        sock.send_to(&buf[..n], peer).await?;
+    }
+}
+
 // ---------------------------------------------------------------- client
 
 struct State {
@@ -174,19 +207,55 @@ struct State {
     count: Cell<u64>,
     target: Option<u64>,
     done: Notify,
+    lost: Cell<u64>,
+}
+
+/// Where a round trip goes: a TCP connection or a connected UDP socket.
+enum Conn {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+/// One UDP round trip: send `msg`, wait for its echo (sent again after
+/// 200 ms without one, counted in `lost`).
+async fn udp_round_trip(sock: &UdpSocket, msg: &[u8], rbuf: &mut [u8], state: &State) -> io::Result<()> {
+    loop {
+        sock.send(msg).await?;
+        match tokio::time::timeout(Duration::from_millis(200), sock.recv(rbuf)).await {
+            Ok(Ok(n)) if n == msg.len() => return Ok(()),
+            Ok(Ok(n)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("echo of {n} bytes, sent {}", msg.len()),
+                ))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                state.lost.set(state.lost.get() + 1);
+                if state.phase.get() == STOP {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// One connection's loop; returns the latencies (ns) of round trips that
 /// completed inside the measured window.
 async fn conn_loop(
-    stream: TcpStream,
+    conn: Conn,
     size: usize,
     state: Rc<State>,
     pace: Option<(Duration, Duration)>,
 ) -> io::Result<Vec<u64>> {
-    stream.set_nodelay(true)?;
-    let mut stream = stream;
-    let (mut rd, mut wr) = stream.split();
+    let (mut stream, udp) = match conn {
+        Conn::Tcp(s) => (Some(s), None),
+        Conn::Udp(u) => (None, Some(u)),
+    };
+    if let Some(s) = &stream {
+        s.set_nodelay(true)?;
+    }
+    let mut halves = stream.as_mut().map(|s| s.split());
     let msg: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let mut rbuf = vec![0u8; size];
     let mut lat = Vec::with_capacity(1 << 16);
@@ -213,9 +282,15 @@ async fn conn_loop(
         let t = Instant::now();
         // Write and read concurrently: a 100 KiB message need not fit in the
         // socket buffers, and a server may start echoing before it has it all.
-        let (w, r) = tokio::join!(wr.write_all(&msg), rd.read_exact(&mut rbuf));
-        w?;
-        r?;
+        match (&mut halves, &udp) {
+            (Some((rd, wr)), _) => {
+                let (w, r) = tokio::join!(wr.write_all(&msg), rd.read_exact(&mut rbuf));
+                w?;
+                r?;
+            }
+            (None, Some(u)) => udp_round_trip(u, &msg, &mut rbuf, &state).await?,
+            (None, None) => break,
+        }
         done_any = true;
         let ns = t.elapsed().as_nanos() as u64;
         if state.phase.get() == MEASURE {
@@ -348,15 +423,22 @@ async fn client(args: Args) -> i32 {
         count: Cell::new(0),
         target: requests,
         done: Notify::new(),
+        lost: Cell::new(0),
     });
+    let udp = args.get::<u8>("udp").unwrap_or(0) != 0;
 
     // Connect everything first.
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
-        let c = tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((host.as_str(), port)),
-        )
+        let c = tokio::time::timeout(Duration::from_secs(10), async {
+            if udp {
+                let u = UdpSocket::bind((host.as_str(), 0)).await?;
+                u.connect((host.as_str(), port)).await?;
+                Ok(Conn::Udp(u))
+            } else {
+                TcpStream::connect((host.as_str(), port)).await.map(Conn::Tcp)
+            }
+        })
         .await;
         match c {
             Ok(Ok(s)) => streams.push(s),
@@ -482,7 +564,7 @@ async fn client(args: Args) -> i32 {
          \"server_util\": {sutil}, \
          \"client_cpu_s\": {me}, \"client_util\": {cutil}, \
          \"client_cpu_us_per_req\": {cpr}, \
-         \"cpu_busy\": [{busy}]}}",
+         \"lost\": {lost}, \"cpu_busy\": [{busy}]}}",
         mb = rps * size as f64 * 2.0 / 1e6,
         trps = opt_num(rate),
         p50 = pct(50.0),
@@ -497,6 +579,7 @@ async fn client(args: Args) -> i32 {
         sutil = opt_num(srv_cpu.map(|c| c / elapsed)),
         cutil = me / elapsed,
         busy = cpu_busy.join(", "),
+        lost = state.lost.get(),
         cpr = me * 1e6 / count as f64,
     );
     0
