@@ -841,7 +841,7 @@ impl DatagramTransport {
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, sock) = {
+        let (protocol, sock, dropped) = {
             let mut inner = this.inner.borrow_mut(py);
             if inner.sock.is_none() {
                 return Ok(());
@@ -849,8 +849,15 @@ impl DatagramTransport {
             inner.closing = true;
             inner.last_from = None;
             inner.last_to = None;
-            (inner.protocol.take(), inner.sock.take())
+            // Anything sent after abort() can never leave now.
+            inner.buffer_size = 0;
+            (
+                inner.protocol.take(),
+                inner.sock.take(),
+                std::mem::take(&mut inner.queue),
+            )
         };
+        drop(dropped);
         let exc = exc.filter(|e| !e.is_none(py));
         let res = match &protocol {
             Some(p) => pyhelpers::guarded(|| {

@@ -350,3 +350,348 @@ def test_udp_repr(loop):
         assert "closed" in repr(tr)
 
     run(loop, main())
+
+
+# --------------------------------------------------------------------------
+# native transport (src/datagram.rs): ordering, backlog, closing, addresses
+# --------------------------------------------------------------------------
+
+
+def _unix_paths():
+    d = tempfile.mkdtemp()
+    return d, os.path.join(d, "a"), os.path.join(d, "b")
+
+
+def _cleanup(d):
+    for name in os.listdir(d):
+        os.unlink(os.path.join(d, name))
+    os.rmdir(d)
+
+
+def test_udp_order_and_exact_payloads(loop):
+    """Datagrams of many sizes arrive one per datagram_received, in order,
+    each as exact-size bytes, with the sender's address (the same tuple for
+    every datagram of one peer)."""
+
+    async def main():
+        got = []
+        done = loop.create_future()
+        sizes = [1, 7, 100, 1400, 9000, 65000, 0] + list(range(2, 200))
+
+        class R(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.append((data, addr))
+                if len(got) == len(expect):
+                    done.set_result(None)
+
+        st, _ = await loop.create_datagram_endpoint(R, local_addr=(HOST, 0))
+        st.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        ct, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(HOST, 0))
+        dst = st.get_extra_info("sockname")
+        expect = []
+        for i, n in enumerate(sizes):
+            payload = bytes([i % 256]) * n
+            if n or PY313:  # 3.11/3.12 drop empty datagrams
+                expect.append(payload)
+            # alternate the types sendto() accepts
+            ct.sendto([bytes, bytearray, memoryview][i % 3](payload), dst)
+            if i % 20 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(done, 5)
+        src = ct.get_extra_info("sockname")
+        assert [d for d, _ in got] == expect
+        assert all(type(d) is bytes for d, _ in got)
+        assert all(a == src for _, a in got)
+        ct.close()
+        st.close()
+        await asyncio.sleep(0)
+
+    run(loop, main())
+
+
+def test_udp_queue_copies_mutable_data_and_keeps_order(loop):
+    """With a backlog (small SO_SNDBUF on a Unix datagram socket whose peer
+    does not read), datagrams queue in order; a bytearray changed after
+    sendto() is sent as it was; flow control pauses and resumes once; every
+    datagram arrives, in order, once the peer reads."""
+    d, spath, cpath = _unix_paths()
+
+    async def main():
+        events = []
+        resumed = loop.create_future()
+
+        class P(asyncio.DatagramProtocol):
+            def pause_writing(self):
+                events.append(("pause", tr.get_write_buffer_size()))
+
+            def resume_writing(self):
+                events.append(("resume", tr.get_write_buffer_size()))
+                resumed.set_result(None)
+
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(spath)
+        sink.setblocking(False)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.bind(cpath)
+        s.connect(spath)
+        tr, _ = await loop.create_datagram_endpoint(P, sock=s)
+        tr.set_write_buffer_limits(high=20000, low=2000)
+        buf = bytearray(500)
+        n = 0
+        while tr.get_write_buffer_size() == 0 and n < 10000:
+            buf[:8] = b"%08d" % n
+            tr.sendto(buf)
+            n += 1
+        assert tr.get_write_buffer_size() > 0, "the send buffer never filled"
+        first_queued = n - 1
+        for _ in range(60):
+            buf[:8] = b"%08d" % n
+            tr.sendto(buf)
+            buf[:8] = b"XXXXXXXX"  # must not change what was queued
+            n += 1
+        assert events and events[0][0] == "pause"
+        assert events[0][1] > 20000
+        header = 8 if PY313 else 0
+        assert tr.get_write_buffer_size() == (n - first_queued) * (500 + header)
+        assert "write=<polling" in repr(tr)
+        got = []
+        while len(got) < n:
+            try:
+                got.append(sink.recv(1000))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        await asyncio.wait_for(resumed, 5)
+        assert [g[:8] for g in got] == [b"%08d" % i for i in range(n)]
+        assert all(len(g) == 500 for g in got)
+        assert [e for e, _ in events] == ["pause", "resume"]
+        assert events[1][1] <= 2000
+        for _ in range(100):
+            if tr.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.001)
+        assert tr.get_write_buffer_size() == 0
+        tr.close()
+        sink.close()
+        await asyncio.sleep(0.01)
+
+    try:
+        run(loop, main())
+    finally:
+        _cleanup(d)
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_or_abort_with_queued_datagrams(loop, how):
+    """close() flushes what is queued, then connection_lost(None) once;
+    abort() drops it and calls connection_lost(None) at once."""
+    d, spath, cpath = _unix_paths()
+
+    async def main():
+        lost = []
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(spath)
+        sink.setblocking(False)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.bind(cpath)
+        s.connect(spath)
+
+        class P(asyncio.DatagramProtocol):
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        tr, _ = await loop.create_datagram_endpoint(P, sock=s)
+        n = 0
+        while tr.get_write_buffer_size() == 0:
+            tr.sendto(b"%08d" % n)
+            n += 1
+        for _ in range(10):
+            tr.sendto(b"%08d" % n)
+            n += 1
+        getattr(tr, how)()
+        assert tr.is_closing()
+        tr.close()  # idempotent
+        tr.sendto(b"late")  # after close: dropped (connected: counted, no error)
+        await asyncio.sleep(0.02)
+        got = []
+        while True:
+            try:
+                got.append(sink.recv(100))
+            except BlockingIOError:
+                if how == "abort" or len(got) >= n:
+                    break
+                await asyncio.sleep(0.005)
+        for _ in range(100):
+            if lost:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        sink.close()
+        return how, lost, len(got), n, tr.get_write_buffer_size(), s.fileno()
+
+    try:
+        how, lost, received, sent, size, fd = run(loop, main())
+    finally:
+        _cleanup(d)
+    assert lost == [None]
+    assert fd == -1
+    # The stdlib leaves its datagram byte count stale after abort(); 0 here.
+    if how == "close" or not isinstance(loop, asyncio.SelectorEventLoop):
+        assert size == 0
+    if how == "close":
+        assert received == sent
+    else:
+        assert received < sent
+
+
+def test_connected_endpoint_error_received_then_recovers(loop):
+    """ECONNREFUSED (ICMP) on a connected endpoint goes to error_received;
+    the transport stays open and works once a peer listens there."""
+
+    async def main():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        dead = s.getsockname()
+        s.close()
+        client = Client(loop)
+        ct, _ = await loop.create_datagram_endpoint(lambda: client, remote_addr=dead)
+        for _ in range(100):
+            ct.sendto(b"ping")
+            await asyncio.sleep(0.005)
+            if client.errors:
+                break
+        assert client.errors and all(isinstance(e, ConnectionRefusedError) for e in client.errors)
+        assert not ct.is_closing()
+        # a peer appears at the address: traffic flows again
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(dead)
+        peer.setblocking(False)
+        ct.sendto(b"hello")
+        for _ in range(200):
+            try:
+                data, src = peer.recvfrom(100)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        assert data == b"hello"
+        peer.sendto(b"back", src)
+        assert (await asyncio.wait_for(client.received.get(), 5))[0] == b"back"
+        ct.close()
+        assert await client.lost is None
+        peer.close()
+
+    run(loop, main())
+
+
+def test_udp_protocol_exceptions_and_none_addr_like_stdlib():
+    """A raising datagram_received goes to the exception handler; sendto()
+    with addr=None on an unconnected endpoint is a fatal TypeError (the
+    stdlib's socket.sendto(data, None)), closing the transport."""
+    from conftest import run_scenario_on_both
+
+    def scen(lp):
+        async def main():
+            ctxs = []
+            lp.set_exception_handler(lambda _lp, ctx: ctxs.append(ctx))
+            lost = lp.create_future()
+
+            class R(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    raise ZeroDivisionError("boom")
+
+                def connection_lost(self, exc):
+                    lost.set_result(exc)
+
+            st, _ = await lp.create_datagram_endpoint(R, local_addr=(HOST, 0))
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.sendto(b"x", st.get_extra_info("sockname"))
+            for _ in range(100):
+                if ctxs:
+                    break
+                await asyncio.sleep(0.005)
+            first = (type(ctxs[0].get("exception")).__name__, "Exception in callback" in ctxs[0]["message"])
+            st.sendto(b"x")  # no address, not connected
+            exc = await asyncio.wait_for(lost, 5)
+            c.close()
+            second = (ctxs[1]["message"], type(ctxs[1]["exception"]).__name__)
+            return first, second, type(exc).__name__, st.is_closing()
+
+        return lp.run_until_complete(main())
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0] == ("ZeroDivisionError", True)
+    assert tl == std
+
+
+def test_udp_addresses_like_stdlib():
+    """The address objects datagram_received gets (IPv4, IPv6, Unix path,
+    unnamed and abstract Unix senders) and sendto() to host names and
+    4-tuples match the stdlib loop's."""
+    from conftest import run_scenario_on_both
+
+    def scen(lp):
+        async def main():
+            out = []
+            q = asyncio.Queue()
+
+            class R(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    q.put_nowait((data, addr))
+
+            async def one(family, local, send):
+                tr, _ = await lp.create_datagram_endpoint(R, local_addr=local, family=family)
+                where = tr.get_extra_info("sockname")
+                send(where)
+                data, addr = await asyncio.wait_for(q.get(), 5)
+                tr.close()
+                return data, addr, where
+
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((HOST, 0))
+            data, addr, _ = await one(socket.AF_INET, (HOST, 0), lambda w: s.sendto(b"v4", w))
+            out.append((data, addr == s.getsockname(), type(addr).__name__, len(addr)))
+            # sendto() with a host name (resolved by the socket module) and back
+            tr, _ = await lp.create_datagram_endpoint(R, local_addr=(HOST, 0))
+            s.setblocking(False)
+            tr.sendto(b"by name", ("localhost", s.getsockname()[1]))
+            for _ in range(200):
+                try:
+                    out.append(s.recvfrom(100)[0])
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+            tr.close()
+            s.close()
+            if has_ipv6():
+                s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                s6.bind(("::1", 0))
+                data, addr, _ = await one(socket.AF_INET6, ("::1", 0), lambda w: s6.sendto(b"v6", w))
+                out.append((data, addr == s6.getsockname(), len(addr), addr[0]))
+                s6.close()
+            d = tempfile.mkdtemp()
+            try:
+                path = os.path.join(d, "srv")
+                u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # unnamed sender
+                out.append((await one(socket.AF_UNIX, path, lambda w: u.sendto(b"unnamed", w)))[:2])
+                u.close()
+                os.unlink(path)
+                u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                u.bind(os.path.join(d, "named"))
+                data, addr, _ = await one(socket.AF_UNIX, path, lambda w: u.sendto(b"named", w))
+                out.append((data, addr == os.path.join(d, "named"), type(addr).__name__))
+                u.close()
+                os.unlink(path)
+                u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                u.bind(b"\0tokioloop-test-%d" % os.getpid())
+                out.append((await one(socket.AF_UNIX, path, lambda w: u.sendto(b"abstract", w)))[:2])
+                u.close()
+            finally:
+                _cleanup(d)
+            return out
+
+        return lp.run_until_complete(main())
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0] == (b"v4", True, "tuple", 2)
+    assert tl == std

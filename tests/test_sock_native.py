@@ -744,3 +744,299 @@ def test_mixed_large_and_small_reads_like_stdlib(kind):
     std, tl = run_scenario_on_both(scen)
     assert all(std)
     assert tl == std
+
+
+# --------------------------------------------------------------------------
+# sock_recvfrom / sock_recvfrom_into / sock_sendto (native), stdlib as oracle
+# --------------------------------------------------------------------------
+
+
+def _dgram_pair(kind):
+    """Two bound non-blocking datagram sockets (and a temp dir for unix)."""
+    import tempfile
+
+    d = None
+    if kind == "udp":
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+    elif kind == "udp6":
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        a.bind(("::1", 0))
+        b.bind(("::1", 0))
+    else:
+        d = tempfile.mkdtemp()
+        a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.bind(os.path.join(d, "a"))
+        b.bind(os.path.join(d, "b"))
+    a.setblocking(False)
+    b.setblocking(False)
+
+    def close():
+        a.close()
+        b.close()
+        if d:
+            for n in os.listdir(d):
+                os.unlink(os.path.join(d, n))
+            os.rmdir(d)
+
+    return a, b, close
+
+
+def _norm_addr(addr, a, b):
+    """Addresses name the socket they belong to (temp paths differ per run)."""
+    if addr == a.getsockname():
+        return "a"
+    if addr == b.getsockname():
+        return "b"
+    return addr
+
+
+@pytest.mark.parametrize("kind", ["udp", "udp6", "unix"])
+def test_datagram_ops_like_stdlib(kind):
+    if kind == "udp6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    def scen(lp):
+        a, b, close = _dgram_pair(kind)
+        try:
+
+            async def main():
+                out = []
+                bn = b.getsockname()
+                # immediate: data already there
+                out.append(await lp.sock_sendto(a, b"hello", bn))
+                await asyncio.sleep(0.01)
+                data, addr = await lp.sock_recvfrom(b, 100)
+                out.append((data, _norm_addr(addr, a, b)))
+                # pending: the datagram comes later
+                lp.call_later(0.01, a.sendto, b"later" * 100, bn)
+                data, addr = await lp.sock_recvfrom(b, 3)  # truncated, as recvfrom(3)
+                out.append((data, _norm_addr(addr, a, b)))
+                # recvfrom_into, nbytes=0 (whole buffer) and a smaller nbytes
+                buf = bytearray(10)
+                lp.call_later(0.01, a.sendto, b"0123456789abc", bn)
+                n, addr = await lp.sock_recvfrom_into(b, buf)
+                out.append((n, bytes(buf), _norm_addr(addr, a, b)))
+                buf = bytearray(10)
+                a.sendto(b"xyz123", bn)
+                await asyncio.sleep(0.01)
+                n, addr = await lp.sock_recvfrom_into(b, memoryview(buf), 4)
+                out.append((n, bytes(buf), _norm_addr(addr, a, b)))
+                # an empty datagram, a big one, a bytearray/memoryview payload
+                out.append(await lp.sock_sendto(a, b"", bn))
+                out.append(await lp.sock_sendto(a, bytearray(b"x" * 60000), bn))
+                out.append(await lp.sock_sendto(a, memoryview(b"mv"), bn))
+                await asyncio.sleep(0.01)
+                for _ in range(3):
+                    data, addr = await lp.sock_recvfrom(b, 65536)
+                    out.append((len(data), data[:2], _norm_addr(addr, a, b)))
+                return out
+
+            return _run(lp, main())
+        finally:
+            close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[1] == (b"hello", "a")
+    assert tl == std
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "recvfrom_negative",
+        "recvfrom_float",
+        "recvfrom_into_nbytes_too_big",
+        "recvfrom_into_negative",
+        "recvfrom_into_bytes",
+        "sendto_str_data",
+        "sendto_bad_port",
+        "sendto_bad_tuple",
+        "sendto_port_str",
+        "sendto_hostname",
+        "sendto_closed",
+        "recvfrom_closed",
+        "sendto_unix_path_too_long",
+        "sendto_unix_missing",
+        "sendto_ipv6_addr_on_v4",
+        "recvfrom_on_stream",
+        "sendto_on_connected_stream",
+    ],
+)
+def test_datagram_bad_arguments_like_stdlib(call):
+    def scen(lp):
+        a, b, close = _dgram_pair("unix" if "unix" in call else "udp")
+        s1, s2 = _pair("tcp")
+        try:
+            if call.endswith("closed"):
+                a.close()
+            bn = b.getsockname()
+            coro = {
+                "recvfrom_negative": lambda: lp.sock_recvfrom(a, -1),
+                "recvfrom_float": lambda: lp.sock_recvfrom(a, 1.5),
+                "recvfrom_into_nbytes_too_big": lambda: lp.sock_recvfrom_into(a, bytearray(4), 10),
+                "recvfrom_into_negative": lambda: lp.sock_recvfrom_into(a, bytearray(4), -1),
+                "recvfrom_into_bytes": lambda: lp.sock_recvfrom_into(a, b"abcd"),
+                "sendto_str_data": lambda: lp.sock_sendto(a, "abc", bn),
+                "sendto_bad_port": lambda: lp.sock_sendto(a, b"x", ("127.0.0.1", 70000)),
+                "sendto_bad_tuple": lambda: lp.sock_sendto(a, b"x", ("127.0.0.1",)),
+                "sendto_port_str": lambda: lp.sock_sendto(a, b"x", ("127.0.0.1", "80")),
+                "sendto_hostname": lambda: lp.sock_sendto(a, b"by name", ("localhost", bn[1])),
+                "sendto_closed": lambda: lp.sock_sendto(a, b"x", bn),
+                "recvfrom_closed": lambda: lp.sock_recvfrom(a, 10),
+                "sendto_unix_path_too_long": lambda: lp.sock_sendto(a, b"x", "/tmp/" + "x" * 200),
+                "sendto_unix_missing": lambda: lp.sock_sendto(a, b"x", "/nonexistent/sock"),
+                "sendto_ipv6_addr_on_v4": lambda: lp.sock_sendto(a, b"x", ("::1", 9)),
+                "recvfrom_on_stream": lambda: lp.sock_recvfrom(s1, 10),
+                "sendto_on_connected_stream": lambda: lp.sock_sendto(s1, b"x", bn),
+            }[call]()
+            res = outcome(_run, lp, coro)
+            if call == "sendto_hostname":
+                time.sleep(0.01)
+                res = (res, b.recvfrom(100)[0])
+            if call == "recvfrom_on_stream":
+                res = ("pending",) if res[0] == "raise" and res[1] is asyncio.TimeoutError else res
+            return res
+        finally:
+            close()
+            s1.close()
+            s2.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std
+
+
+@pytest.mark.parametrize("op", ["recvfrom", "recvfrom_into"])
+def test_cancelled_recvfrom_consumes_nothing(op):
+    def scen(lp):
+        a, b, close = _dgram_pair("udp")
+        bn = b.getsockname()
+
+        def recv():
+            if op == "recvfrom":
+                return lp.sock_recvfrom(b, 100)
+            buf = bytearray(100)
+
+            async def into():
+                n, addr = await lp.sock_recvfrom_into(b, buf)
+                return bytes(buf[:n]), addr
+
+            return into()
+
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(recv())
+                await asyncio.sleep(0.01)
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(recv(), 0.02)
+                a.sendto(b"first", bn)
+                await asyncio.sleep(0.01)
+                first = await recv()
+                lp.call_later(0.01, a.sendto, b"second", bn)
+                second = await recv()
+                return first[0], second[0], _norm_addr(second[1], a, b)
+
+            return _run(lp, main())
+        finally:
+            close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (b"first", b"second", "a")
+    assert tl == std
+
+
+def test_sendto_waits_for_room_and_cancels_like_stdlib():
+    """A Unix datagram socket whose peer does not read blocks sendto(): the
+    native wait completes once the peer reads; a cancelled one sends nothing."""
+
+    def scen(lp):
+        a, b, close = _dgram_pair("unix")
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        bn = b.getsockname()
+        try:
+
+            async def main():
+                sent = 0
+                while True:
+                    try:
+                        a.sendto(b"%06d" % sent + b"." * 200, bn)
+                        sent += 1
+                    except BlockingIOError:
+                        break
+                t = asyncio.ensure_future(lp.sock_sendto(a, b"CANCELLED", bn))
+                await asyncio.sleep(0.01)
+                assert not t.done()
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                waiting = asyncio.ensure_future(lp.sock_sendto(a, b"LAST", bn))
+                await asyncio.sleep(0.01)
+                assert not waiting.done()
+                got = []
+                while not waiting.done() or True:
+                    try:
+                        got.append(b.recv(300))
+                    except BlockingIOError:
+                        if waiting.done():
+                            break
+                        await asyncio.sleep(0.002)
+                n = await waiting
+                return n, len(got), got[-1], b"CANCELLED" in got, sent
+
+            return _run(lp, main())
+        finally:
+            close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0] == 4 and std[2] == b"LAST" and std[3] is False
+    assert std[1] == std[4] + 1
+    assert tl[0] == 4 and tl[2] == b"LAST" and tl[3] is False
+    assert tl[1] == tl[4] + 1
+
+
+def test_datagram_ops_with_transport_fd_refused(loop):
+    """sock_recvfrom on a datagram transport's socket: RuntimeError as the stdlib."""
+
+    async def main():
+        tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        sock = tr.get_extra_info("socket")
+        raw = socket.socket(fileno=sock.fileno())  # the same fd, another object
+        raw.setblocking(False)
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await asyncio.wait_for(loop.sock_recvfrom(raw, 10), 5)
+        finally:
+            raw.detach()
+            tr.close()
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+
+
+def test_datagram_ops_take_the_native_path(tloop):
+    """Plain sockets with IP-literal/path addresses are served by Rust; host
+    names and non-socket objects are left to the Python path."""
+    from tokioloop import _tokioloop as native
+
+    a, b, close = _dgram_pair("udp")
+    try:
+        bn = b.getsockname()
+        assert native._sock_sendto(tloop, a, b"x", bn) == 1
+        time.sleep(0.01)
+        assert native._sock_recvfrom(tloop, b, 10) == (b"x", a.getsockname())
+        assert native._sock_sendto(tloop, a, b"y", ("localhost", bn[1])) is NotImplemented
+        fut = native._sock_recvfrom_into(tloop, b, bytearray(4), 0)
+        assert isinstance(fut, asyncio.Future) and not fut.done()
+        native._sock_cancel(tloop, b, fut)
+        fut.cancel()
+        assert native._sock_recvfrom(tloop, object(), 10) is NotImplemented
+    finally:
+        close()
