@@ -357,6 +357,12 @@ def test_udp_repr(loop):
 # --------------------------------------------------------------------------
 
 
+def _stdlib_313_leaks(loop):
+    """3.13's stdlib loop counts 8 header bytes per queued datagram but does
+    not take them off when it is sent: its buffer size never returns to 0."""
+    return PY313 and isinstance(loop, asyncio.SelectorEventLoop)
+
+
 def _unix_paths():
     d = tempfile.mkdtemp()
     return d, os.path.join(d, "a"), os.path.join(d, "b")
@@ -470,7 +476,8 @@ def test_udp_queue_copies_mutable_data_and_keeps_order(loop):
             if tr.get_write_buffer_size() == 0:
                 break
             await asyncio.sleep(0.001)
-        assert tr.get_write_buffer_size() == 0
+        if not _stdlib_313_leaks(loop):
+            assert tr.get_write_buffer_size() == 0
         tr.close()
         sink.close()
         await asyncio.sleep(0.01)
@@ -537,7 +544,7 @@ def test_close_or_abort_with_queued_datagrams(loop, how):
     assert lost == [None]
     assert fd == -1
     # The stdlib leaves its datagram byte count stale after abort(); 0 here.
-    if how == "close" or not isinstance(loop, asyncio.SelectorEventLoop):
+    if not isinstance(loop, asyncio.SelectorEventLoop) or (how == "close" and not PY313):
         assert size == 0
     if how == "close":
         assert received == sent
