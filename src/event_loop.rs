@@ -873,6 +873,15 @@ impl CoreLoop {
             .unwrap_or(false)
     }
 
+    /// How many callbacks are queued (a native transport reading a batch
+    /// stops once its protocol scheduled something).
+    pub fn ready_len(&self, py: Python<'_>) -> usize {
+        self.state
+            .try_borrow_mut(py)
+            .map(|s| s.ready.len())
+            .unwrap_or(usize::MAX)
+    }
+
     pub fn debug_now(&self, py: Python<'_>) -> bool {
         self.state
             .try_borrow_mut(py)

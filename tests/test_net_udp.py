@@ -702,3 +702,47 @@ def test_udp_addresses_like_stdlib():
     std, tl = run_scenario_on_both(scen)
     assert std[0] == (b"v4", True, "tuple", 2)
     assert tl == std
+
+
+def test_datagrams_interleave_with_callbacks_like_stdlib():
+    """Several datagrams waiting at once: a callback scheduled by
+    datagram_received runs before the next datagram, pause_reading() in
+    datagram_received stops delivery at once, and a protocol scheduling
+    nothing gets them all (tokioloop reads a batch per readiness then)."""
+    from conftest import run_scenario_on_both
+
+    def scen(lp):
+        async def main():
+            log = []
+
+            class P(asyncio.DatagramProtocol):
+                def connection_made(self, tr):
+                    self.tr = tr
+
+                def datagram_received(self, data, addr):
+                    log.append(data)
+                    if data.startswith(b"cb"):
+                        lp.call_soon(log.append, b"after " + data)
+                    if data == b"pause":
+                        self.tr.pause_reading()
+                        lp.call_later(0.05, self.tr.resume_reading)
+
+            tr, _ = await lp.create_datagram_endpoint(P, local_addr=(HOST, 0))
+            dst = tr.get_extra_info("sockname")
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for batch in ([b"cb1", b"cb2", b"cb3"], [b"x1", b"pause", b"x2", b"x3"], [b"y%d" % i for i in range(40)]):
+                for d in batch:
+                    c.sendto(d, dst)
+                await asyncio.sleep(0.02)
+                log.append(b"--")
+            await asyncio.sleep(0.1)
+            c.close()
+            tr.close()
+            return log
+
+        return lp.run_until_complete(main())
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[:7] == [b"cb1", b"after cb1", b"cb2", b"after cb2", b"cb3", b"after cb3", b"--"]
+    assert std[7:10] == [b"x1", b"pause", b"--"]
+    assert tl == std

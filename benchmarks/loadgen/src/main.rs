@@ -27,8 +27,9 @@
 //!     /proc/stat (minus the server's and loadgen's own shares = other load).
 //! ```
 //!
-//! loadgen udp-server [--host 127.0.0.1] [--port 0]
-//!     Plain tokio UDP echo server (one thread); prints `PORT <n>`.
+//! loadgen udp-server [--host 127.0.0.1] [--port 0] [--count N]
+//!     Plain tokio UDP echo server (one thread); prints `PORT <n>`; with
+//!     --count, exits after N datagrams.
 //!
 //! `client --udp 1` does the same round trips over UDP: each "connection" is a
 //! connected UDP socket sending one datagram of `size` bytes and waiting for
@@ -131,7 +132,7 @@ fn main() {
             }
         }
         "udp-server" => {
-            args.check_known(&["host", "port"]);
+            args.check_known(&["host", "port", "count"]);
             match rt.block_on(udp_server(args)) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -193,10 +194,18 @@ async fn udp_server(args: Args) -> io::Result<()> {
     println!("PORT {}", sock.local_addr()?.port());
     use std::io::Write;
     std::io::stdout().flush()?;
+    // --count N: exit after N datagrams (for instruction counts).
+    let mut left: u64 = args.get("count").unwrap_or(0);
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, peer) = sock.recv_from(&mut buf).await?;
         sock.send_to(&buf[..n], peer).await?;
+        if left > 0 {
+            left -= 1;
+            if left == 0 {
+                return Ok(());
+            }
+        }
     }
 }
 
