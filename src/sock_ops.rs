@@ -770,9 +770,11 @@ pub fn _sock_sendall(
     attempt_or_wait(lp, sock, fd, Op::SendAll { data: view, pos: 0 }, true)
 }
 
-/// The address family of the socket `fd` (SO_DOMAIN), if this module
-/// converts its addresses.
-fn datagram_family(fd: RawFd) -> Option<i32> {
+/// 0: not checked yet, 1: the int after `sock_fd` in a socket object is its
+/// family (`sock_family`, Modules/socketmodule.h), 2: it did not match.
+static FAMILY_LAYOUT: AtomicU8 = AtomicU8::new(0);
+
+fn so_domain(fd: RawFd) -> Option<i32> {
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid out-pointers of the right size.
@@ -785,7 +787,47 @@ fn datagram_family(fd: RawFd) -> Option<i32> {
             &mut len,
         )
     };
-    (rc == 0 && sockaddr::supported(domain)).then_some(domain)
+    (rc == 0).then_some(domain)
+}
+
+/// The address family of the plain socket.socket `sock` (on `fd`), if this
+/// module converts its addresses. Read from the object once its layout was
+/// checked against SO_DOMAIN (as `socket_fd` does for the fd): a getsockopt
+/// per call was a tenth of a datagram round trip.
+fn datagram_family(sock: &Bound<'_, PyAny>, fd: RawFd) -> Option<i32> {
+    let from_object = || -> Option<i32> {
+        if FD_LAYOUT.load(Ordering::Relaxed) != 1 {
+            return None;
+        }
+        let head = std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<libc::c_int>();
+        // SAFETY: `sock` is exactly socket.socket (checked by the caller),
+        // whose instances are at least tp_basicsize bytes, checked here.
+        unsafe {
+            let size = (*sock.get_type().as_type_ptr()).tp_basicsize as usize;
+            if size < head + std::mem::size_of::<libc::c_int>() {
+                return None;
+            }
+            Some(
+                sock.as_ptr()
+                    .cast::<u8>()
+                    .add(head)
+                    .cast::<libc::c_int>()
+                    .read_unaligned(),
+            )
+        }
+    };
+    let family = match FAMILY_LAYOUT.load(Ordering::Relaxed) {
+        1 => from_object().or_else(|| so_domain(fd)),
+        2 => so_domain(fd),
+        _ => {
+            let real = so_domain(fd);
+            if let (Some(r), Some(o)) = (real, from_object()) {
+                FAMILY_LAYOUT.store(if r == o { 1 } else { 2 }, Ordering::Relaxed);
+            }
+            real
+        }
+    };
+    family.filter(|f| sockaddr::supported(*f))
 }
 
 /// `sock.recvfrom(n)` now (a tuple), or a future of it; NotImplemented: use
@@ -806,7 +848,7 @@ pub fn _sock_recvfrom(
     let Some(fd) = plain_socket_fd(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    if datagram_family(fd).is_none() {
+    if datagram_family(sock, fd).is_none() {
         return Ok(not_implemented(py));
     }
     attempt_or_wait(lp, sock, fd, Op::RecvFrom { n }, false)
@@ -844,7 +886,7 @@ pub fn _sock_recvfrom_into(
     } else {
         nbytes
     };
-    if n > view.len() || datagram_family(fd).is_none() {
+    if n > view.len() || datagram_family(sock, fd).is_none() {
         return Ok(not_implemented(py));
     }
     drop(view);
@@ -869,7 +911,7 @@ pub fn _sock_sendto(
     let Some(fd) = plain_socket_fd(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    let Some(family) = datagram_family(fd) else {
+    let Some(family) = datagram_family(sock, fd) else {
         return Ok(not_implemented(py));
     };
     let Some(addr) = sockaddr::from_py(family, address) else {
