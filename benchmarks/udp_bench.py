@@ -15,9 +15,10 @@ uvloop (0.23) and rloop (0.5) implement create_datagram_endpoint but not
 sock_recvfrom/sock_sendto (NotImplementedError): their sock cells are skipped.
 
 ``--callgrind``: instead, counts the server's instructions per datagram under
-valgrind (deterministic, robust to other load): the server runs under
-callgrind twice, for N1 and N2 round trips of one socket, and the difference
-of the totals divided by N2-N1 removes start-up costs.
+valgrind (robust to other load): the server runs under callgrind twice, for
+N1 and N2 round trips of one socket paced at --cg-rate per second (so every
+datagram finds the loop asleep and the count does not depend on timing), and
+the difference of the totals divided by N2-N1 removes start-up costs.
 
 A loop name ``tokioloop@PATH`` runs tokioloop imported from PATH (e.g. a copy
 of an older build's package directory) for before/after comparisons.
@@ -186,6 +187,7 @@ def callgrind_total(spec, mode, n, args):
         client = [
             args.loadgen, "client", "--udp", "1", "--host", args.host, "--port", str(srv.port),
             "--conns", "1", "--size", "64", "--warmup", "0", "--requests", str(n), "--timeout", "300",
+            "--rate", str(args.cg_rate),
         ]
         p = subprocess.run(client, capture_output=True, text=True, timeout=600)
         res = json.loads(p.stdout.strip().splitlines()[-1])
@@ -227,6 +229,7 @@ def main():
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=6000)
+    ap.add_argument("--cg-rate", type=float, default=400.0)
     args = ap.parse_args()
     if args.server:
         server_main(args.server, args.mode, args.host, args.count)
