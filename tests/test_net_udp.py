@@ -746,3 +746,44 @@ def test_datagrams_interleave_with_callbacks_like_stdlib():
     assert std[:7] == [b"cb1", b"after cb1", b"cb2", b"after cb2", b"cb3", b"after cb3", b"--"]
     assert std[7:10] == [b"x1", b"pause", b"--"]
     assert tl == std
+
+
+def test_datagram_endpoints_leave_no_fds_or_objects(loop):
+    """Endpoints created and closed (with traffic, some aborted with data
+    queued) release their sockets, epoll registrations and transports."""
+    import gc
+    import weakref
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main():
+        refs = []
+        for i in range(50):
+            got = loop.create_future()
+
+            class P(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    if not got.done():
+                        got.set_result(data)
+
+            st, _ = await loop.create_datagram_endpoint(P, local_addr=(HOST, 0))
+            ct, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=st.get_extra_info("sockname")
+            )
+            ct.sendto(b"%d" % i)
+            assert await asyncio.wait_for(got, 5) == b"%d" % i
+            refs += [weakref.ref(st), weakref.ref(ct)]
+            (ct.abort if i % 2 else ct.close)()
+            st.close()
+            del st, ct, P
+        await asyncio.sleep(0.01)
+        return refs
+
+    run(loop, asyncio.sleep(0))  # the loop's own lazily made fds
+    run(loop, loop.getaddrinfo(HOST, 0))  # and the executor's
+    before = open_fds()
+    refs = run(loop, main())
+    gc.collect()
+    assert open_fds() <= before
+    assert [r for r in refs if r() is not None] == []
