@@ -339,6 +339,100 @@ def test_no_pipes_at_all():
     assert same(scenario) == ([None, None, None], 4, 4)
 
 
+_STDIO_INFO = (
+    "import fcntl, os, stat\n"
+    "info = [(stat.S_ISFIFO(os.fstat(fd).st_mode), fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))"
+    " for fd in (0, 1, 2)]\n"
+    "os.write(1, repr(info).encode())\n"
+)
+
+
+def _pipe_max_size():
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="needs F_GETPIPE_SZ")
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_child_stdio_pipes_are_enlarged_real_pipes(kind):
+    """tokioloop makes the child's pipes 1 MiB (capped by pipe-max-size) when
+    pipesize= is not given: the child still sees real pipes (FIFOs), only
+    their capacity differs; an explicit pipesize= is obeyed, as by the stdlib."""
+
+    async def scenario(**kwargs):
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", _STDIO_INFO, stdin=PIPE, stdout=PIPE, stderr=PIPE, **kwargs
+        )
+        out, _ = await proc.communicate()
+        return eval(out), proc.returncode
+
+    default, rc = run(kind, scenario)
+    assert rc == 0
+    assert [fifo for fifo, _ in default] == [True, True, True]
+    if kind == "tokioloop" and _pipe_max_size():
+        assert [size for _, size in default] == [min(1 << 20, _pipe_max_size())] * 3
+    explicit, rc = run(kind, lambda: scenario(pipesize=65536))
+    assert (explicit, rc) == ([(True, 65536)] * 3, 0)
+
+
+_QUOTA_SCRIPT = """
+import asyncio, asyncio.subprocess, fcntl, os, subprocess, sys
+import tokioloop, tokioloop._subprocess
+os.setgid(65534)
+os.setuid(65534)  # a user of our own: its pipe quota is not shared with anyone
+held = []
+try:
+    while True:  # use up the user's pipe-buffer allowance
+        r, w = os.pipe()
+        held += [r, w]
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+except OSError:
+    pass
+
+async def main():
+    proc = await asyncio.create_subprocess_exec(
+        "true", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    return (await proc.communicate()), proc.returncode
+
+print(tokioloop.run(main()) == asyncio.run(main()) == ((b"", b""), 0))
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to switch to a user with its own pipe quota")
+def test_spawn_works_when_bigger_pipes_are_refused():
+    """Past /proc/sys/fs/pipe-user-pages-soft the kernel refuses bigger pipes
+    to unprivileged users: the child then gets default-sized pipes, and the
+    spawn works as with the stdlib (Popen(pipesize=) would raise EPERM)."""
+    try:
+        with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+            if int(f.read()) == 0:
+                pytest.skip("no soft limit on pipe buffers here")
+    except OSError:
+        pytest.skip("no /proc/sys/fs/pipe-user-pages-soft")
+    res = subprocess.run([PY, "-c", _QUOTA_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert (res.stdout.strip(), res.returncode) == ("True", 0), res.stderr
+
+
+def test_child_can_open_dev_stdin_stdout_stderr():
+    """The child's stdio are real pipes, so /dev/stdin, /dev/stdout and
+    /dev/stderr open (with socketpairs, as uvloop gives children, opening
+    them fails with ENXIO: uvloop issues #505 and #532)."""
+
+    async def scenario():
+        proc = await asyncio.create_subprocess_shell(
+            "cat /dev/stdin > /dev/stdout && echo err > /dev/stderr",
+            stdin=PIPE, stdout=PIPE, stderr=PIPE,
+        )
+        out, err = await proc.communicate(b"through /dev/stdin and /dev/stdout\n")
+        return out, err, proc.returncode
+
+    assert same(scenario) == (b"through /dev/stdin and /dev/stdout\n", b"err\n", 0)
+
+
 def test_communicate_large_roundtrip():
     payload = os.urandom(1 << 20) * 4
 
