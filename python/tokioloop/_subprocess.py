@@ -71,6 +71,12 @@ def _default_pipe_size():
 
 _DEFAULT_PIPE_SIZE = _default_pipe_size() if hasattr(fcntl, "F_SETPIPE_SZ") else -1
 
+# Open pipes of this process enlarged by _enlarge_pipes (weakly held: a pipe
+# file closed or collected no longer counts), at most this many at a time:
+# 16 MiB of pipe buffers, a quarter of Linux's default per-user soft quota.
+_MAX_ENLARGED_PIPES = 16
+_enlarged_pipes = weakref.WeakSet()
+
 __all__ = ("SubprocessMixin", "SubprocessTransport")
 
 _READ_PIPE = 1
@@ -115,13 +121,19 @@ def _enlarge_pipes(proc):
     a refused size leaves the pipe as the stdlib would have made it. The child
     may already be running, which is harmless: growing a pipe keeps its data.
     """
+    # Enlarged pipes count against the user's pipe quota, shared with every
+    # other process of that user (past pipe-user-pages-soft the kernel gives
+    # new pipes 2 pages): only a bounded number of open pipes is enlarged.
+    for f in [f for f in _enlarged_pipes if f.closed]:
+        _enlarged_pipes.discard(f)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is None:
+        if pipe is None or len(_enlarged_pipes) >= _MAX_ENLARGED_PIPES:
             continue
         try:
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _DEFAULT_PIPE_SIZE)
         except (OSError, ValueError):
-            pass
+            continue
+        _enlarged_pipes.add(pipe)
 
 
 def _describe_stdio(value):
