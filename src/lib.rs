@@ -41,6 +41,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handles::install_slots(m.py())?;
     handles::install_methods(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
+    stream::install(m.py())?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv_into, m)?)?;

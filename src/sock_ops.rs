@@ -347,6 +347,19 @@ static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 /// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
 fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     let py = lp.py();
+    if !is_plain_socket(sock)? {
+        return Ok(None);
+    }
+    if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+/// Whether `sock` is exactly `socket.socket` (not a subclass that may
+/// override its methods).
+fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
     let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
         Ok(py
             .import("socket")?
@@ -354,13 +367,46 @@ fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResul
             .cast_into::<PyType>()?
             .unbind())
     })?;
-    if !sock.get_type().is(ty.bind(py)) {
-        return Ok(None);
+    Ok(sock.get_type().is(ty.bind(py)))
+}
+
+/// `obj.fileno()`, read straight from the object when it is a plain
+/// socket.socket (see `socket_fd`). None when fileno() does not give an int.
+pub fn fileno_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    if is_plain_socket(obj)? {
+        return socket_fd(obj);
     }
-    if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
-        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    Ok(obj
+        .call_method0(intern!(obj.py(), "fileno"))?
+        .extract::<i64>()
+        .ok())
+}
+
+/// Whether `fileno()` of `obj` can be read with `raw_socket_fd` from now on:
+/// a plain socket.socket, whose layout was checked against fileno() (on this
+/// object, or on an earlier one). The stream transports ask once, then read
+/// the fd before every syscall without a method call.
+pub fn has_raw_fd(obj: &Bound<'_, PyAny>) -> bool {
+    if !matches!(is_plain_socket(obj), Ok(true)) {
+        return false;
     }
-    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+    if FD_LAYOUT.load(Ordering::Relaxed) == 0 {
+        // Checks the layout (on an open socket) and records the answer.
+        let _ = socket_fd(obj);
+    }
+    FD_LAYOUT.load(Ordering::Relaxed) == 1
+}
+
+/// `fileno()` of an object for which `has_raw_fd` said yes (-1 once closed,
+/// as fileno() says).
+///
+/// # Safety
+/// `obj` must be such an object, alive, and the GIL held.
+pub unsafe fn raw_socket_fd(obj: *mut ffi::PyObject) -> libc::c_int {
+    obj.cast::<u8>()
+        .add(std::mem::size_of::<ffi::PyObject>())
+        .cast::<libc::c_int>()
+        .read_unaligned()
 }
 
 /// 0: not checked yet, 1: `sock_fd` read from the object matches fileno(),
@@ -381,13 +427,7 @@ fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         if size < std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<libc::c_int>() {
             return None;
         }
-        let p = unsafe {
-            sock.as_ptr()
-                .cast::<u8>()
-                .add(std::mem::size_of::<ffi::PyObject>())
-                .cast::<libc::c_int>()
-                .read_unaligned()
-        };
+        let p = unsafe { raw_socket_fd(sock.as_ptr()) };
         Some(p as i64)
     };
     match FD_LAYOUT.load(Ordering::Relaxed) {

@@ -9,6 +9,7 @@
 
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
+use crate::handles::NativeFn;
 use crate::pyhelpers;
 use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -18,6 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::Borrowed;
 use pyo3::PyTraverseError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -145,6 +147,9 @@ pub struct StreamTransport {
     /// buffer. One ioctl costs less than copying 32 KiB; small messages keep
     /// the copy (cheaper than the extra syscall).
     large_reads: std::sync::atomic::AtomicBool,
+    /// `sock` is a plain socket.socket whose fd `fd_still_ours` reads in
+    /// place (sock_ops::has_raw_fd) instead of calling fileno().
+    raw_fd: bool,
 }
 
 /// A socket read of at least this much switches the transport to direct reads.
@@ -291,6 +296,18 @@ impl StreamTransport {
     /// unrelated new socket: never touch it then (the stdlib gets EBADF from
     /// the closed object; we report the same).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
+        if self.raw_fd {
+            let inner = self.inner.borrow_mut(py);
+            return match &inner.sock {
+                Some(s) => {
+                    // SAFETY: `raw_fd` says the object is a plain socket.socket
+                    // whose fd can be read in place; `inner` keeps it alive.
+                    let fd = unsafe { crate::sock_ops::raw_socket_fd(s.as_ptr()) };
+                    fd == self.fd
+                }
+                None => false,
+            };
+        }
         let sock = self
             .inner
             .borrow_mut(py)
@@ -298,12 +315,10 @@ impl StreamTransport {
             .as_ref()
             .map(|s| s.clone_ref(py));
         match sock {
-            Some(s) => s
-                .bind(py)
-                .call_method0(intern!(py, "fileno"))
-                .and_then(|f| f.extract::<RawFd>())
-                .map(|fd| fd == self.fd)
-                .unwrap_or(false),
+            Some(s) => matches!(
+                crate::sock_ops::fileno_of(s.bind(py)),
+                Ok(Some(fd)) if fd == self.fd as i64
+            ),
             None => false,
         }
     }
@@ -336,8 +351,12 @@ impl StreamTransport {
 
     fn watch_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_read_ready"))?.unbind();
-        slf.get().core(py).watch_fd(py, slf.get().fd, cb, false)
+        let cb = slf.getattr(intern!(py, "_read_ready"))?;
+        let native = own_method(py, &cb, intern!(py, "_read_ready"))
+            .then_some(native_read_ready as NativeFn);
+        slf.get()
+            .core(py)
+            .watch_fd(py, slf.get().fd, cb.unbind(), false, native)
     }
 
     fn watch_write(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -346,8 +365,11 @@ impl StreamTransport {
         if this.core(py).is_watching(py, this.fd, true) {
             return Ok(());
         }
-        let cb = slf.getattr(intern!(py, "_write_ready"))?.unbind();
-        this.core(py).watch_fd(py, this.fd, cb, true)?;
+        let cb = slf.getattr(intern!(py, "_write_ready"))?;
+        let native = own_method(py, &cb, intern!(py, "_write_ready"))
+            .then_some(native_write_ready as NativeFn);
+        this.core(py)
+            .watch_fd(py, this.fd, cb.unbind(), true, native)?;
         if this.edge_mode() {
             this.core(py).set_edge_triggered(py, this.fd, true)?;
         }
@@ -834,6 +856,7 @@ impl StreamTransport {
         };
         Ok(StreamTransport {
             large_reads: std::sync::atomic::AtomicBool::new(false),
+            raw_fd: crate::sock_ops::has_raw_fd(sock),
             inner: GilRefCell::new(Inner {
                 sock: Some(sock.clone().unbind()),
                 protocol: Some(protocol.clone().unbind()),
@@ -1652,6 +1675,142 @@ impl StreamTransport {
         });
         drop(taken);
     }
+}
+
+/// PyO3's own `write` descriptor, for the call shapes `write_fast` leaves to it.
+static WRITE_GENERIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `transport.write(data)`, the hottest call of a protocol, without PyO3's
+/// generic argument parsing (~150 instructions a call). Other shapes
+/// (`write(data=...)`, wrong arity) go to PyO3's method, which parses them
+/// and raises its usual errors.
+///
+/// # Safety
+/// Called by CPython through a method descriptor of StreamTransport: `slf` is
+/// a StreamTransport (or subclass) instance, the GIL is held.
+unsafe extern "C" fn write_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let nargs = ffi::PyVectorcall_NARGS(nargs as usize);
+    if nargs != 1 || !kwnames.is_null() {
+        let Some(generic) = WRITE_GENERIC.get(py) else {
+            pyo3::exceptions::PySystemError::new_err("tokioloop: write() not initialised")
+                .restore(py);
+            return std::ptr::null_mut();
+        };
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
+        let mut all = Vec::with_capacity(1 + nargs as usize + nkw);
+        all.push(slf);
+        all.extend_from_slice(std::slice::from_raw_parts(args, nargs as usize + nkw));
+        return ffi::PyObject_Vectorcall(
+            generic.as_ptr(),
+            all.as_ptr(),
+            (1 + nargs) as usize,
+            kwnames,
+        );
+    }
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let this = Borrowed::from_ptr(py, slf).cast_unchecked::<StreamTransport>();
+        let data = Borrowed::from_ptr(py, *args);
+        StreamTransport::write(&this, &data)
+    }));
+    let err = match res {
+        Ok(Ok(())) => return ffi::Py_NewRef(ffi::Py_None()),
+        Ok(Err(e)) => e,
+        Err(payload) => pyhelpers::panic_to_pyerr(payload),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
+/// Puts `write_fast` in place of PyO3's `write` on the StreamTransport type
+/// (subclasses inherit it).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    use pyo3::PyTypeInfo;
+    let ty = StreamTransport::type_object(py);
+    let generic = ty.getattr(intern!(py, "write"))?;
+    let doc = generic
+        .getattr(intern!(py, "__doc__"))
+        .ok()
+        .and_then(|d| d.extract::<String>().ok())
+        .unwrap_or_default();
+    let doc = format!("write($self, data)\n--\n\n{doc}");
+    WRITE_GENERIC.get_or_init(py, || generic.unbind());
+    // The descriptor points to its PyMethodDef (and doc) for ever: leak them.
+    let doc: &'static std::ffi::CStr = Box::leak(
+        std::ffi::CString::new(doc)
+            .unwrap_or_default()
+            .into_boxed_c_str(),
+    );
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"write".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: write_fast,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr(),
+    }));
+    // SAFETY: a valid type object and a 'static method definition.
+    let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
+    if descr.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `descr` is a new reference we own.
+    let descr = unsafe { Bound::from_owned_ptr(py, descr) };
+    // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
+    unsafe {
+        let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
+        if dict.is_null() || ffi::PyDict_SetItemString(dict, c"write".as_ptr(), descr.as_ptr()) < 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+        ffi::PyType_Modified(ty.as_ptr().cast());
+    }
+    Ok(())
+}
+
+/// Whether `method` (looked up on a transport) is StreamTransport's own Rust
+/// method `name`, not an override: the readiness handles then call that Rust
+/// function directly (`Handle::with_native`), skipping the Python call
+/// machinery on every event.
+fn own_method(
+    py: Python<'_>,
+    method: &Bound<'_, PyAny>,
+    name: &Bound<'_, pyo3::types::PyString>,
+) -> bool {
+    use pyo3::PyTypeInfo;
+    // SAFETY: type checks before each cast; the GIL is held.
+    unsafe {
+        if ffi::PyCFunction_Check(method.as_ptr()) == 0 {
+            return false;
+        }
+        let Ok(Some(descr)) = StreamTransport::type_object(py).getattr(name).map(|d| {
+            Some(d).filter(|d| {
+                ffi::PyObject_TypeCheck(d.as_ptr(), &raw mut ffi::PyMethodDescr_Type) != 0
+            })
+        }) else {
+            return false;
+        };
+        let ml = (*method.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml;
+        let own = (*descr.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        !ml.is_null() && std::ptr::eq(ml, own)
+    }
+}
+
+fn native_read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransport::_read_ready(obj.cast::<StreamTransport>()?)
+}
+
+fn native_write_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransport::_write_ready(obj.cast::<StreamTransport>()?)
 }
 
 fn set_nodelay_if_tcp(fd: RawFd) {
