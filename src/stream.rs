@@ -568,67 +568,54 @@ impl StreamTransport {
     }
 
     /// A socket after a big read (`large_reads`): reads what it holds
-    /// (FIONREAD) straight into a new bytes object of that size, up to
-    /// MAX_READ, with no copy out of the shared read buffer. None when it looks
-    /// empty (EOF, a spurious wake-up) or cannot say: the caller then reads
-    /// through the shared buffer.
+    /// straight into one new bytes object of that size, up to MAX_READ, with
+    /// no copy out of the shared read buffer (see `read_available`).
     fn read_socket_exact<'py>(
         &self,
         py: Python<'py>,
     ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
-        let mut avail: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through a valid pointer.
-        if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
-            return None;
-        }
-        let want = (avail as usize).min(MAX_READ);
-        // SAFETY: a new, uninitialised bytes object of `want` bytes; nobody else
-        // sees it before it is filled below.
-        let obj =
-            unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as ffi::Py_ssize_t) };
-        if obj.is_null() {
-            drop(PyErr::take(py));
-            return None;
-        }
-        // SAFETY: `obj` is a new reference to a bytes object.
-        let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-        // SAFETY: the bytes object owns `want` bytes at this address.
-        let ptr = unsafe { ffi::PyBytes_AsString(obj) } as *mut u8;
-        Some(match self.sys_read(ptr, want) {
-            Ok(n) if n == want => Ok((n, Some(bytes))),
-            Ok(0) => Ok((0, None)),
-            // Less than announced (someone else read meanwhile): keep what we got.
-            Ok(n) => Ok((n, Some(PyBytes::new(py, &bytes.as_bytes()[..n])))),
-            Err(e) => Err(e),
-        })
+        self.read_available(py, MAX_READ, MAX_READ)
+            .map(|r| r.map(|(n, pieces)| (n, pieces.into_iter().next())))
     }
 
-    /// Reads what a pipe holds (FIONREAD, up to PIPE_READ_BATCH) with one
-    /// readv() straight into new bytes objects of at most PIPE_READ_CHUNK
-    /// each: no copy out of a shared buffer, no allocation bigger than the
-    /// data. The pipe's lock is taken once per batch rather than once per
-    /// chunk: a writer on another CPU holds that lock while it copies in, and
-    /// every read meeting it spins until it is done. The first chunk goes to
-    /// data_received() now, the others one per loop iteration (or after
-    /// resume_reading()), as if read then.
-    ///
-    /// None when the pipe looks empty (EOF, a spurious wake-up) or cannot say
-    /// (FIONREAD unsupported): the caller then reads through the shared buffer.
+    /// Reads what a pipe holds, up to PIPE_READ_BATCH, in pieces of at most
+    /// PIPE_READ_CHUNK (see `read_available`). The pipe's lock is taken once
+    /// per batch rather than once per chunk: a writer on another CPU holds
+    /// that lock while it copies in, and every read meeting it spins until it
+    /// is done. The first chunk goes to data_received() now, the others one
+    /// per loop iteration (or after resume_reading()), as if read then.
     fn read_pipe_batch<'py>(
         &self,
         py: Python<'py>,
+    ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
+        self.read_available(py, PIPE_READ_BATCH, PIPE_READ_CHUNK)
+    }
+
+    /// Reads what the fd holds (FIONREAD), up to `max`, with one readv()
+    /// straight into new bytes objects of at most `chunk` bytes each: no copy
+    /// out of a shared buffer, no allocation bigger than the data. A short
+    /// read (someone else read meanwhile) keeps what came.
+    ///
+    /// None when the fd looks empty (EOF, a spurious wake-up) or cannot say
+    /// (FIONREAD unsupported), or the allocation failed: the caller then
+    /// reads through the shared buffer.
+    fn read_available<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        chunk: usize,
     ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through a valid pointer.
         if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
             return None;
         }
-        let want = (avail as usize).min(PIPE_READ_BATCH);
-        let mut pieces = Vec::with_capacity(want.div_ceil(PIPE_READ_CHUNK));
+        let want = (avail as usize).min(max);
+        let mut pieces = Vec::with_capacity(want.div_ceil(chunk));
         let mut iov = Vec::with_capacity(pieces.capacity());
         let mut left = want;
         while left > 0 {
-            let n = left.min(PIPE_READ_CHUNK);
+            let n = left.min(chunk);
             // SAFETY: a new, uninitialised bytes object of `n` bytes; nobody
             // else sees it before it is filled below.
             let obj =
@@ -659,7 +646,6 @@ impl StreamTransport {
             }
         };
         if got < want {
-            // Someone else drained the pipe meanwhile: keep what we got.
             let mut kept = 0;
             let mut short = Vec::new();
             for piece in pieces {
