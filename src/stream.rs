@@ -46,6 +46,140 @@ const MALLOC_ADAPT_SIZE: usize = 2 << 20;
 thread_local! {
     // One read buffer per loop thread, reused for every read of every transport.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    // A bytes object handed to data_received() that nobody kept (see
+    // `recycle`): refcount 1, owned by this thread, never visible to Python
+    // code while it is here. No destructor: leaked when the thread exits
+    // (the interpreter may be gone by then), at most MAX_RECYCLE bytes.
+    static SPARE: std::cell::Cell<*mut ffi::PyObject> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Largest bytes object kept for reuse: small reads, where allocating and
+/// freeing the object (glibc's malloc above pymalloc's 512 bytes) costs more
+/// than the read's copy. Bigger reads go straight into new objects anyway.
+const MAX_RECYCLE: usize = LARGE_READ;
+
+/// Reads up to MAX_READ bytes into a bytes object of the exact size read:
+/// when a spare object is kept (`recycle`), one readv() fills it first and
+/// the shared buffer after it, so a read of exactly the spare's size (the
+/// next message of request/response traffic) arrives with no copy and no
+/// allocation; any other size is copied into a new object, as without a
+/// spare. (None, 0) at EOF.
+fn read_shared<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<Bound<'py, PyBytes>>)> {
+    let spare = SPARE.with(|c| c.replace(std::ptr::null_mut()));
+    // SAFETY: `spare` is null or an exact bytes object of refcount 1 that only
+    // this thread knows (see `recycle`): filling it cannot be observed. Each
+    // path below stores it back, hands it out (hash reset, as for a new
+    // object), or frees it.
+    unsafe {
+        let (spare_ptr, spare_len) = if spare.is_null() {
+            (std::ptr::null_mut(), 0)
+        } else {
+            (
+                ffi::PyBytes_AS_STRING(spare) as *mut u8,
+                ffi::Py_SIZE(spare) as usize,
+            )
+        };
+        let iov = [
+            libc::iovec {
+                iov_base: spare_ptr.cast(),
+                iov_len: spare_len,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len().min(MAX_READ - spare_len),
+            },
+        ];
+        let iov = if spare.is_null() { &iov[1..] } else { &iov[..] };
+        let k = loop {
+            let r = libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int);
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                SPARE.with(|c| c.set(spare));
+                return Err(e);
+            }
+        };
+        if k == 0 {
+            SPARE.with(|c| c.set(spare));
+            return Ok((0, None));
+        }
+        if !spare.is_null() && k == spare_len {
+            #[allow(deprecated)]
+            {
+                (*spare.cast::<ffi::PyBytesObject>()).ob_shash = -1;
+            }
+            return Ok((
+                k,
+                Some(Bound::from_owned_ptr(py, spare).cast_into_unchecked()),
+            ));
+        }
+        let obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), k as ffi::Py_ssize_t);
+        if obj.is_null() {
+            // The data is read and lost: the transport fails (ENOMEM).
+            drop(PyErr::take(py));
+            SPARE.with(|c| c.set(spare));
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        let out = ffi::PyBytes_AS_STRING(obj) as *mut u8;
+        let head = k.min(spare_len);
+        if head > 0 {
+            std::ptr::copy_nonoverlapping(spare_ptr, out, head);
+        }
+        if k > head {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), out.add(head), k - head);
+        }
+        // The spare stays for a later read of its size.
+        SPARE.with(|c| c.set(spare));
+        Ok((
+            k,
+            Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()),
+        ))
+    }
+}
+
+/// After data_received(data): when the call kept no reference to `data`
+/// (refcount 1: ours), keeps it for the next read of the same size, which
+/// then skips an allocation and a free (the common case of request/response
+/// traffic with fixed-size messages). Not on free-threaded builds, where a
+/// refcount of 1 does not prove that no other thread can see the object.
+fn recycle(data: Bound<'_, PyBytes>) {
+    static GIL_ENABLED: PyOnceLock<bool> = PyOnceLock::new();
+    let py = data.py();
+    let gil = *GIL_ENABLED.get_or_init(py, || {
+        py.import("sys")
+            .and_then(|sys| match sys.getattr("_is_gil_enabled") {
+                Ok(f) => f.call0()?.is_truthy(),
+                Err(_) => Ok(true),
+            })
+            .unwrap_or(false)
+    });
+    if !gil {
+        return;
+    }
+    let ptr = data.as_ptr();
+    // SAFETY: GIL held; reading the refcount and size of a live object.
+    let reusable = unsafe {
+        ffi::Py_REFCNT(ptr) == 1
+            && ffi::PyBytes_CheckExact(ptr) != 0
+            && (ffi::Py_SIZE(ptr) as usize) > 1
+            && (ffi::Py_SIZE(ptr) as usize) <= MAX_RECYCLE
+    };
+    if !reusable {
+        return;
+    }
+    let old = SPARE.with(|c| c.replace(data.into_ptr()));
+    if !old.is_null() {
+        // SAFETY: the previous spare, owned by us (a bytes object: freeing
+        // it runs no Python code).
+        unsafe { ffi::Py_DECREF(old) };
+    }
 }
 
 /// Streaming a pipe makes short-lived objects of a few hundred KiB: our
@@ -1025,6 +1159,9 @@ impl StreamTransport {
                     } else {
                         buf.len()
                     };
+                    if this.kind == Kind::Socket {
+                        return read_shared(py, this.fd, &mut buf[..cap]);
+                    }
                     let n = this.sys_read(buf.as_mut_ptr(), cap)?;
                     Ok::<_, io::Error>((
                         n,
@@ -1051,9 +1188,11 @@ impl StreamTransport {
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
                 Ok((_, Some(data))) => {
-                    match pyhelpers::guarded(|| {
-                        proto.call_method1(intern!(py, "data_received"), (data,))
-                    }) {
+                    let res = pyhelpers::guarded(|| {
+                        proto.call_method1(intern!(py, "data_received"), (&data,))
+                    });
+                    recycle(data);
+                    match res {
                         Ok(_) => Ok(()),
                         Err(e) => Self::fatal_error(
                             slf,

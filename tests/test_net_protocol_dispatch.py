@@ -273,3 +273,64 @@ def test_protocol_error_in_data_received_closes(loop):
     name, errors = run(loop, main())
     assert name == "ZeroDivisionError"
     assert errors == ["Fatal error: protocol.data_received() call failed."]
+
+
+def _same_size_round_trips(loop, on_data, n=6, size=700):
+    """n messages of one size and distinct contents, one at a time; returns
+    what `on_data(data)` returned for each read (each read is one message)."""
+    results = []
+
+    async def main():
+        server = await loop.create_server(EchoProtocol, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        messages = [bytes([48 + i]) * size for i in range(n)]
+        done = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.i = 0
+                transport.write(messages[0])
+
+            def data_received(self, data):
+                assert data == messages[self.i], (self.i, data[:5])
+                results.append(on_data(data))
+                self.i += 1
+                if self.i == n:
+                    done.set_result(None)
+                else:
+                    self.transport.write(messages[self.i])
+
+        tr, _ = await loop.create_connection(P, HOST, port)
+        await asyncio.wait_for(done, 10)
+        tr.close()
+        server.close()
+        await server.wait_closed()
+        return messages
+
+    messages = run(loop, main())
+    return messages, results
+
+
+def test_received_bytes_kept_by_the_protocol_stay_intact(loop):
+    """Data objects the protocol keeps (directly or through a memoryview) are
+    never reused for later reads."""
+    kept = []
+    views = []
+
+    def keep(data):
+        kept.append(data)
+        views.append(memoryview(data))
+        return None
+
+    messages, _ = _same_size_round_trips(loop, keep)
+    assert kept == messages
+    assert [bytes(v) for v in views] == messages
+
+
+def test_received_bytes_hash_matches_contents(loop):
+    """A hash taken of one message and then dropped does not stick to the
+    next message of the same size."""
+    messages, hashes = _same_size_round_trips(loop, lambda data: (hash(data), data[:3]))
+    assert [h for h, _ in hashes] == [hash(bytes(m)) for m in messages]
+    assert len({h for h, _ in hashes}) == len(messages)
