@@ -286,6 +286,11 @@ pub struct StreamTransport {
     raw_fd: bool,
 }
 
+/// What `read_available` read: the byte count, the first piece, the others.
+type ReadPieces<'py> = (usize, Option<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>);
+/// Most pieces one `read_available` fills.
+const MAX_PIECES: usize = PIPE_READ_BATCH / PIPE_READ_CHUNK;
+
 /// A socket read of at least this much switches the transport to direct reads.
 const LARGE_READ: usize = 32 * 1024;
 
@@ -709,7 +714,7 @@ impl StreamTransport {
         py: Python<'py>,
     ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
         self.read_available(py, MAX_READ, MAX_READ)
-            .map(|r| r.map(|(n, pieces)| (n, pieces.into_iter().next())))
+            .map(|r| r.map(|(n, first, _)| (n, first)))
     }
 
     /// Reads what a pipe holds, up to PIPE_READ_BATCH, in pieces of at most
@@ -718,17 +723,15 @@ impl StreamTransport {
     /// that lock while it copies in, and every read meeting it spins until it
     /// is done. The first chunk goes to data_received() now, the others one
     /// per loop iteration (or after resume_reading()), as if read then.
-    fn read_pipe_batch<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
+    fn read_pipe_batch<'py>(&self, py: Python<'py>) -> Option<io::Result<ReadPieces<'py>>> {
         self.read_available(py, PIPE_READ_BATCH, PIPE_READ_CHUNK)
     }
 
-    /// Reads what the fd holds (FIONREAD), up to `max`, with one readv()
-    /// straight into new bytes objects of at most `chunk` bytes each: no copy
-    /// out of a shared buffer, no allocation bigger than the data. A short
-    /// read (someone else read meanwhile) keeps what came.
+    /// Reads what the fd holds (FIONREAD), up to `max` (at most MAX_PIECES
+    /// pieces), with one readv() straight into new bytes objects of at most
+    /// `chunk` bytes each: no copy out of a shared buffer, no allocation
+    /// bigger than the data (and no other allocation for a single piece). A
+    /// short read (someone else read meanwhile) keeps what came.
     ///
     /// None when the fd looks empty (EOF, a spurious wake-up) or cannot say
     /// (FIONREAD unsupported), or the allocation failed: the caller then
@@ -738,15 +741,20 @@ impl StreamTransport {
         py: Python<'py>,
         max: usize,
         chunk: usize,
-    ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
+    ) -> Option<io::Result<ReadPieces<'py>>> {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through a valid pointer.
         if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
             return None;
         }
-        let want = (avail as usize).min(max);
-        let mut pieces = Vec::with_capacity(want.div_ceil(chunk));
-        let mut iov = Vec::with_capacity(pieces.capacity());
+        let want = (avail as usize).min(max).min(chunk * MAX_PIECES);
+        let mut pieces: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let mut first = None;
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_PIECES];
+        let mut count = 0;
         let mut left = want;
         while left > 0 {
             let n = left.min(chunk);
@@ -760,17 +768,22 @@ impl StreamTransport {
             }
             // SAFETY: `obj` is a new reference to a bytes object of `n` bytes.
             let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-            iov.push(libc::iovec {
+            iov[count] = libc::iovec {
                 // SAFETY: the bytes object owns `n` bytes at this address.
                 iov_base: unsafe { ffi::PyBytes_AsString(obj) }.cast(),
                 iov_len: n,
-            });
-            pieces.push(bytes);
+            };
+            count += 1;
+            if first.is_none() {
+                first = Some(bytes);
+            } else {
+                pieces.push(bytes);
+            }
             left -= n;
         }
         let got = loop {
-            // SAFETY: every iovec points into a bytes object alive in `pieces`.
-            let n = unsafe { libc::readv(self.fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            // SAFETY: every iovec points into a bytes object alive in `first`/`pieces`.
+            let n = unsafe { libc::readv(self.fd, iov.as_ptr(), count as libc::c_int) };
             if n >= 0 {
                 break n as usize;
             }
@@ -780,9 +793,10 @@ impl StreamTransport {
             }
         };
         if got < want {
+            // Keep whole pieces up to `got`, and the part of the next one.
             let mut kept = 0;
             let mut short = Vec::new();
-            for piece in pieces {
+            for piece in first.take().into_iter().chain(pieces) {
                 let len = piece.as_bytes().len();
                 if kept + len <= got {
                     kept += len;
@@ -794,9 +808,11 @@ impl StreamTransport {
                     break;
                 }
             }
-            pieces = short;
+            let mut short = short.into_iter();
+            first = short.next();
+            pieces = short.collect();
         }
-        Some(Ok((got, pieces)))
+        Some(Ok((got, first, pieces)))
     }
 
     /// Hands the next pending chunk of a read pipe to the protocol and
@@ -1127,17 +1143,16 @@ impl StreamTransport {
             if this.kind == Kind::ReadPipe {
                 if let Some(res) = this.read_pipe_batch(py) {
                     return match res {
-                        Ok((0, _)) => Self::on_eof(slf),
-                        Ok((n, pieces)) => {
+                        Ok((0, _, _)) => Self::on_eof(slf),
+                        Ok((n, first, rest)) => {
                             this.core(py).count_bytes(py, n, 0);
-                            let mut pieces = pieces.into_iter();
-                            let Some(first) = pieces.next() else {
+                            let Some(first) = first else {
                                 return Ok(());
                             };
                             this.inner
                                 .borrow_mut(py)
                                 .rbuf
-                                .extend(pieces.map(|p| p.unbind()));
+                                .extend(rest.into_iter().map(|p| p.unbind()));
                             Self::deliver(slf, proto, first)?;
                             Self::schedule_delivery(slf, true)
                         }
