@@ -21,9 +21,11 @@
 
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
+use crate::handles::NativeFn;
 use crate::pyhelpers;
-use crate::sock_ops::{current_fd, errno, os_error};
+use crate::sock_ops::{errno, fileno_of, os_error};
 use crate::sockaddr::{self, SockAddr};
+use crate::stream::own_method;
 use crate::stream::{notify_flow_control, ByteView, MAX_READ, READ_BUF};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -138,7 +140,7 @@ impl DatagramTransport {
     /// closed object fail with EBADF; so do ours).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
         match self.sock(py) {
-            Some(s) => matches!(current_fd(s.bind(py)), Ok(Some(fd)) if fd == self.fd as i64),
+            Some(s) => matches!(fileno_of(s.bind(py)), Ok(Some(fd)) if fd == self.fd as i64),
             None => false,
         }
     }
@@ -315,8 +317,12 @@ impl DatagramTransport {
         if std::mem::replace(&mut this.inner.borrow_mut(py).writing, true) {
             return Ok(());
         }
-        let cb = slf.getattr(intern!(py, "_sendto_ready"))?.unbind();
-        this.core.get().watch_fd(py, this.fd, cb, true)
+        let cb = slf.getattr(intern!(py, "_sendto_ready"))?;
+        let native = own_method::<DatagramTransport>(py, &cb, intern!(py, "_sendto_ready"))
+            .then_some(native_sendto_ready as NativeFn);
+        this.core
+            .get()
+            .watch_fd(py, this.fd, cb.unbind(), true, native)
     }
 
     fn stop_writing(&self, py: Python<'_>) -> PyResult<()> {
@@ -328,8 +334,13 @@ impl DatagramTransport {
 
     fn watch_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_read_ready"))?.unbind();
-        slf.get().core.get().watch_fd(py, slf.get().fd, cb, false)
+        let cb = slf.getattr(intern!(py, "_read_ready"))?;
+        let native = own_method::<DatagramTransport>(py, &cb, intern!(py, "_read_ready"))
+            .then_some(native_read_ready as NativeFn);
+        slf.get()
+            .core
+            .get()
+            .watch_fd(py, slf.get().fd, cb.unbind(), false, native)
     }
 
     /// One recvfrom() into the shared buffer: (data, address) or the error
@@ -993,4 +1004,12 @@ impl DatagramTransport {
         });
         drop(taken);
     }
+}
+
+fn native_read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    DatagramTransport::_read_ready(obj.cast::<DatagramTransport>()?)
+}
+
+fn native_sendto_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    DatagramTransport::_sendto_ready(obj.cast::<DatagramTransport>()?)
 }

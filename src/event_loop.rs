@@ -903,16 +903,23 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// Makes `callback()` the reader (or writer) of `fd`, replacing any other.
+    /// Makes `callback()` the reader (or writer) of `fd`, replacing any other;
+    /// with `native`, the handle runs it as `native(callback.__self__)` (see
+    /// `Handle::with_native`).
     pub fn watch_fd(
         &self,
         py: Python<'_>,
         fd: RawFd,
         callback: Py<PyAny>,
         write: bool,
+        native: Option<crate::handles::NativeFn>,
     ) -> PyResult<()> {
         let debug = self.debug_now(py);
-        let handle = Py::new(py, Handle::new(py, callback, Args::Empty, None, debug)?)?;
+        let mut handle = Handle::new(py, callback, Args::Empty, None, debug)?;
+        if let Some(f) = native {
+            handle = handle.with_native(f);
+        }
+        let handle = Py::new(py, handle)?;
         let previous = {
             let mut st = self.state.borrow_mut(py);
             if st.closed {

@@ -102,7 +102,15 @@ pub struct Handle {
     inner: GilRefCell<HandleInner>,
     context: Py<PyAny>,
     debug: bool,
+    /// Set for a native transport's readiness callback (`with_native`): the
+    /// callback is that transport's own bound Rust method, which `run` calls
+    /// directly instead of through the Python call machinery.
+    native: Option<NativeFn>,
 }
+
+/// The Rust function behind a bound method of a native object; receives the
+/// method's `__self__`.
+pub type NativeFn = fn(&Bound<'_, PyAny>) -> PyResult<()>;
 
 impl Handle {
     pub fn new(
@@ -136,7 +144,16 @@ impl Handle {
             }),
             context,
             debug,
+            native: None,
         })
+    }
+
+    /// Makes `run` call `f(callback.__self__)` in place of `callback()`.
+    /// Only for a callback that is a builtin bound method doing exactly `f`
+    /// (what the repr and the rest of the Handle API keep showing).
+    pub fn with_native(mut self, f: NativeFn) -> Self {
+        self.native = Some(f);
+        self
     }
 
     #[inline]
@@ -173,6 +190,9 @@ impl Handle {
                 return Err(pyhelpers::take_raised(py));
             }
             let res = match &args {
+                CallArgs::Empty if self.native.is_some() => {
+                    return self.run_native(py, &cb, ctx);
+                }
                 CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
                 CallArgs::One(a) => {
                     // Slot 0 is scratch space the callee may use (ARGUMENTS_OFFSET).
@@ -202,6 +222,47 @@ impl Handle {
                 None => Ok(()),
             }
         }
+    }
+
+    /// `run` for a native callback, already inside the context `ctx`.
+    ///
+    /// # Safety
+    /// `ctx` is the handle's context, entered by the caller; GIL held.
+    unsafe fn run_native(
+        &self,
+        py: Python<'_>,
+        cb: &Bound<'_, PyAny>,
+        ctx: *mut ffi::PyObject,
+    ) -> PyResult<()> {
+        let res = match self.native {
+            Some(f) if ffi::PyCFunction_Check(cb.as_ptr()) != 0 => {
+                // A builtin bound method's __self__ (borrowed; `cb` keeps it alive).
+                let target = ffi::PyCFunction_GetSelf(cb.as_ptr());
+                if target.is_null() {
+                    Err(pyhelpers::take_raised(py))
+                } else {
+                    let target = Bound::from_borrowed_ptr(py, target);
+                    // What PyO3's trampoline would do: a panic becomes an exception.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&target))) {
+                        Ok(r) => r,
+                        Err(payload) => Err(pyhelpers::panic_to_pyerr(payload)),
+                    }
+                }
+            }
+            _ => {
+                let r = ffi::PyObject_CallNoArgs(cb.as_ptr());
+                if r.is_null() {
+                    Err(pyhelpers::take_raised(py))
+                } else {
+                    ffi::Py_DECREF(r);
+                    Ok(())
+                }
+            }
+        };
+        if ffi::PyContext_Exit(ctx) < 0 {
+            return Err(pyhelpers::take_raised(py));
+        }
+        res
     }
 
     /// Marks the handle cancelled and returns what it held, so the caller can
@@ -849,6 +910,7 @@ unsafe fn alloc_fast(
             }),
             context: Bound::from_owned_ptr(py, context).unbind(),
             debug: false,
+            native: None,
         },
     );
     obj

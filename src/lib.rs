@@ -44,6 +44,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handles::install_methods(m.py())?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<datagram::DatagramTransport>()?;
+    stream::install(m.py())?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv_into, m)?)?;

@@ -496,7 +496,23 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+/// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
+/// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
+fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = lp.py();
+    if !is_plain_socket(sock)? {
+        return Ok(None);
+    }
+    if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+/// Whether `sock` is exactly `socket.socket` (not a subclass that may
+/// override its methods).
+fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
     let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
         Ok(py
             .import("socket")?
@@ -504,33 +520,46 @@ fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
             .cast_into::<PyType>()?
             .unbind())
     })?;
-    Ok(ty.bind(py))
+    Ok(sock.get_type().is(ty.bind(py)))
 }
 
-/// The fd `sock` wraps now (None or -1 once closed): read straight from a
-/// plain socket.socket (see `socket_fd`), else `sock.fileno()`.
-pub(crate) fn current_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
-    let py = sock.py();
-    if sock.get_type().is(socket_type(py)?) {
-        return socket_fd(sock);
+/// `obj.fileno()`, read straight from the object when it is a plain
+/// socket.socket (see `socket_fd`). None when fileno() does not give an int.
+pub fn fileno_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    if is_plain_socket(obj)? {
+        return socket_fd(obj);
     }
-    Ok(sock
-        .call_method0(intern!(py, "fileno"))?
+    Ok(obj
+        .call_method0(intern!(obj.py(), "fileno"))?
         .extract::<i64>()
         .ok())
 }
 
-/// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
-/// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
-fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-    let py = lp.py();
-    if !sock.get_type().is(socket_type(py)?) {
-        return Ok(None);
+/// Whether `fileno()` of `obj` can be read with `raw_socket_fd` from now on:
+/// a plain socket.socket, whose layout was checked against fileno() (on this
+/// object, or on an earlier one). The stream transports ask once, then read
+/// the fd before every syscall without a method call.
+pub fn has_raw_fd(obj: &Bound<'_, PyAny>) -> bool {
+    if !matches!(is_plain_socket(obj), Ok(true)) {
+        return false;
     }
-    if lp.get().debug_now(py) && sock.call_method0(intern!(py, "gettimeout"))?.ne(0)? {
-        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    if FD_LAYOUT.load(Ordering::Relaxed) == 0 {
+        // Checks the layout (on an open socket) and records the answer.
+        let _ = socket_fd(obj);
     }
-    Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
+    FD_LAYOUT.load(Ordering::Relaxed) == 1
+}
+
+/// `fileno()` of an object for which `has_raw_fd` said yes (-1 once closed,
+/// as fileno() says).
+///
+/// # Safety
+/// `obj` must be such an object, alive, and the GIL held.
+pub unsafe fn raw_socket_fd(obj: *mut ffi::PyObject) -> libc::c_int {
+    obj.cast::<u8>()
+        .add(std::mem::size_of::<ffi::PyObject>())
+        .cast::<libc::c_int>()
+        .read_unaligned()
 }
 
 /// 0: not checked yet, 1: `sock_fd` read from the object matches fileno(),
@@ -551,13 +580,7 @@ fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         if size < std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<libc::c_int>() {
             return None;
         }
-        let p = unsafe {
-            sock.as_ptr()
-                .cast::<u8>()
-                .add(std::mem::size_of::<ffi::PyObject>())
-                .cast::<libc::c_int>()
-                .read_unaligned()
-        };
+        let p = unsafe { raw_socket_fd(sock.as_ptr()) };
         Some(p as i64)
     };
     match FD_LAYOUT.load(Ordering::Relaxed) {

@@ -9,6 +9,7 @@
 
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
+use crate::handles::NativeFn;
 use crate::pyhelpers;
 use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -18,6 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::Borrowed;
 use pyo3::PyTraverseError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -44,6 +46,140 @@ const MALLOC_ADAPT_SIZE: usize = 2 << 20;
 thread_local! {
     // One read buffer per loop thread, reused for every read of every transport.
     pub(crate) static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    // A bytes object handed to data_received() that nobody kept (see
+    // `recycle`): refcount 1, owned by this thread, never visible to Python
+    // code while it is here. No destructor: leaked when the thread exits
+    // (the interpreter may be gone by then), at most MAX_RECYCLE bytes.
+    static SPARE: std::cell::Cell<*mut ffi::PyObject> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Largest bytes object kept for reuse: small reads, where allocating and
+/// freeing the object (glibc's malloc above pymalloc's 512 bytes) costs more
+/// than the read's copy. Bigger reads go straight into new objects anyway.
+const MAX_RECYCLE: usize = LARGE_READ;
+
+/// Reads up to MAX_READ bytes into a bytes object of the exact size read:
+/// when a spare object is kept (`recycle`), one readv() fills it first and
+/// the shared buffer after it, so a read of exactly the spare's size (the
+/// next message of request/response traffic) arrives with no copy and no
+/// allocation; any other size is copied into a new object, as without a
+/// spare. (None, 0) at EOF.
+fn read_shared<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<Bound<'py, PyBytes>>)> {
+    let spare = SPARE.with(|c| c.replace(std::ptr::null_mut()));
+    // SAFETY: `spare` is null or an exact bytes object of refcount 1 that only
+    // this thread knows (see `recycle`): filling it cannot be observed. Each
+    // path below stores it back, hands it out (hash reset, as for a new
+    // object), or frees it.
+    unsafe {
+        let (spare_ptr, spare_len) = if spare.is_null() {
+            (std::ptr::null_mut(), 0)
+        } else {
+            (
+                ffi::PyBytes_AS_STRING(spare) as *mut u8,
+                ffi::Py_SIZE(spare) as usize,
+            )
+        };
+        let iov = [
+            libc::iovec {
+                iov_base: spare_ptr.cast(),
+                iov_len: spare_len,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len().min(MAX_READ - spare_len),
+            },
+        ];
+        let iov = if spare.is_null() { &iov[1..] } else { &iov[..] };
+        let k = loop {
+            let r = libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int);
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                SPARE.with(|c| c.set(spare));
+                return Err(e);
+            }
+        };
+        if k == 0 {
+            SPARE.with(|c| c.set(spare));
+            return Ok((0, None));
+        }
+        if !spare.is_null() && k == spare_len {
+            #[allow(deprecated)]
+            {
+                (*spare.cast::<ffi::PyBytesObject>()).ob_shash = -1;
+            }
+            return Ok((
+                k,
+                Some(Bound::from_owned_ptr(py, spare).cast_into_unchecked()),
+            ));
+        }
+        let obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), k as ffi::Py_ssize_t);
+        if obj.is_null() {
+            // The data is read and lost: the transport fails (ENOMEM).
+            drop(PyErr::take(py));
+            SPARE.with(|c| c.set(spare));
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        let out = ffi::PyBytes_AS_STRING(obj) as *mut u8;
+        let head = k.min(spare_len);
+        if head > 0 {
+            std::ptr::copy_nonoverlapping(spare_ptr, out, head);
+        }
+        if k > head {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), out.add(head), k - head);
+        }
+        // The spare stays for a later read of its size.
+        SPARE.with(|c| c.set(spare));
+        Ok((
+            k,
+            Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()),
+        ))
+    }
+}
+
+/// After data_received(data): when the call kept no reference to `data`
+/// (refcount 1: ours), keeps it for the next read of the same size, which
+/// then skips an allocation and a free (the common case of request/response
+/// traffic with fixed-size messages). Not on free-threaded builds, where a
+/// refcount of 1 does not prove that no other thread can see the object.
+fn recycle(data: Bound<'_, PyBytes>) {
+    static GIL_ENABLED: PyOnceLock<bool> = PyOnceLock::new();
+    let py = data.py();
+    let gil = *GIL_ENABLED.get_or_init(py, || {
+        py.import("sys")
+            .and_then(|sys| match sys.getattr("_is_gil_enabled") {
+                Ok(f) => f.call0()?.is_truthy(),
+                Err(_) => Ok(true),
+            })
+            .unwrap_or(false)
+    });
+    if !gil {
+        return;
+    }
+    let ptr = data.as_ptr();
+    // SAFETY: GIL held; reading the refcount and size of a live object.
+    let reusable = unsafe {
+        ffi::Py_REFCNT(ptr) == 1
+            && ffi::PyBytes_CheckExact(ptr) != 0
+            && (ffi::Py_SIZE(ptr) as usize) > 1
+            && (ffi::Py_SIZE(ptr) as usize) <= MAX_RECYCLE
+    };
+    if !reusable {
+        return;
+    }
+    let old = SPARE.with(|c| c.replace(data.into_ptr()));
+    if !old.is_null() {
+        // SAFETY: the previous spare, owned by us (a bytes object: freeing
+        // it runs no Python code).
+        unsafe { ffi::Py_DECREF(old) };
+    }
 }
 
 /// Streaming a pipe makes short-lived objects of a few hundred KiB: our
@@ -145,7 +281,15 @@ pub struct StreamTransport {
     /// buffer. One ioctl costs less than copying 32 KiB; small messages keep
     /// the copy (cheaper than the extra syscall).
     large_reads: std::sync::atomic::AtomicBool,
+    /// `sock` is a plain socket.socket whose fd `fd_still_ours` reads in
+    /// place (sock_ops::has_raw_fd) instead of calling fileno().
+    raw_fd: bool,
 }
+
+/// What `read_available` read: the byte count, the first piece, the others.
+type ReadPieces<'py> = (usize, Option<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>);
+/// Most pieces one `read_available` fills.
+const MAX_PIECES: usize = PIPE_READ_BATCH / PIPE_READ_CHUNK;
 
 /// A socket read of at least this much switches the transport to direct reads.
 const LARGE_READ: usize = 32 * 1024;
@@ -291,6 +435,18 @@ impl StreamTransport {
     /// unrelated new socket: never touch it then (the stdlib gets EBADF from
     /// the closed object; we report the same).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
+        if self.raw_fd {
+            let inner = self.inner.borrow_mut(py);
+            return match &inner.sock {
+                Some(s) => {
+                    // SAFETY: `raw_fd` says the object is a plain socket.socket
+                    // whose fd can be read in place; `inner` keeps it alive.
+                    let fd = unsafe { crate::sock_ops::raw_socket_fd(s.as_ptr()) };
+                    fd == self.fd
+                }
+                None => false,
+            };
+        }
         let sock = self
             .inner
             .borrow_mut(py)
@@ -298,12 +454,10 @@ impl StreamTransport {
             .as_ref()
             .map(|s| s.clone_ref(py));
         match sock {
-            Some(s) => s
-                .bind(py)
-                .call_method0(intern!(py, "fileno"))
-                .and_then(|f| f.extract::<RawFd>())
-                .map(|fd| fd == self.fd)
-                .unwrap_or(false),
+            Some(s) => matches!(
+                crate::sock_ops::fileno_of(s.bind(py)),
+                Ok(Some(fd)) if fd == self.fd as i64
+            ),
             None => false,
         }
     }
@@ -336,8 +490,12 @@ impl StreamTransport {
 
     fn watch_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_read_ready"))?.unbind();
-        slf.get().core(py).watch_fd(py, slf.get().fd, cb, false)
+        let cb = slf.getattr(intern!(py, "_read_ready"))?;
+        let native = own_method::<StreamTransport>(py, &cb, intern!(py, "_read_ready"))
+            .then_some(native_read_ready as NativeFn);
+        slf.get()
+            .core(py)
+            .watch_fd(py, slf.get().fd, cb.unbind(), false, native)
     }
 
     fn watch_write(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -346,8 +504,11 @@ impl StreamTransport {
         if this.core(py).is_watching(py, this.fd, true) {
             return Ok(());
         }
-        let cb = slf.getattr(intern!(py, "_write_ready"))?.unbind();
-        this.core(py).watch_fd(py, this.fd, cb, true)?;
+        let cb = slf.getattr(intern!(py, "_write_ready"))?;
+        let native = own_method::<StreamTransport>(py, &cb, intern!(py, "_write_ready"))
+            .then_some(native_write_ready as NativeFn);
+        this.core(py)
+            .watch_fd(py, this.fd, cb.unbind(), true, native)?;
         if this.edge_mode() {
             this.core(py).set_edge_triggered(py, this.fd, true)?;
         }
@@ -537,67 +698,57 @@ impl StreamTransport {
     }
 
     /// A socket after a big read (`large_reads`): reads what it holds
-    /// (FIONREAD) straight into a new bytes object of that size, up to
-    /// MAX_READ, with no copy out of the shared read buffer. None when it looks
-    /// empty (EOF, a spurious wake-up) or cannot say: the caller then reads
-    /// through the shared buffer.
+    /// straight into one new bytes object of that size, up to MAX_READ, with
+    /// no copy out of the shared read buffer (see `read_available`).
     fn read_socket_exact<'py>(
         &self,
         py: Python<'py>,
     ) -> Option<io::Result<(usize, Option<Bound<'py, PyBytes>>)>> {
-        let mut avail: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through a valid pointer.
-        if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
-            return None;
-        }
-        let want = (avail as usize).min(MAX_READ);
-        // SAFETY: a new, uninitialised bytes object of `want` bytes; nobody else
-        // sees it before it is filled below.
-        let obj =
-            unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as ffi::Py_ssize_t) };
-        if obj.is_null() {
-            drop(PyErr::take(py));
-            return None;
-        }
-        // SAFETY: `obj` is a new reference to a bytes object.
-        let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-        // SAFETY: the bytes object owns `want` bytes at this address.
-        let ptr = unsafe { ffi::PyBytes_AsString(obj) } as *mut u8;
-        Some(match self.sys_read(ptr, want) {
-            Ok(n) if n == want => Ok((n, Some(bytes))),
-            Ok(0) => Ok((0, None)),
-            // Less than announced (someone else read meanwhile): keep what we got.
-            Ok(n) => Ok((n, Some(PyBytes::new(py, &bytes.as_bytes()[..n])))),
-            Err(e) => Err(e),
-        })
+        self.read_available(py, MAX_READ, MAX_READ)
+            .map(|r| r.map(|(n, first, _)| (n, first)))
     }
 
-    /// Reads what a pipe holds (FIONREAD, up to PIPE_READ_BATCH) with one
-    /// readv() straight into new bytes objects of at most PIPE_READ_CHUNK
-    /// each: no copy out of a shared buffer, no allocation bigger than the
-    /// data. The pipe's lock is taken once per batch rather than once per
-    /// chunk: a writer on another CPU holds that lock while it copies in, and
-    /// every read meeting it spins until it is done. The first chunk goes to
-    /// data_received() now, the others one per loop iteration (or after
-    /// resume_reading()), as if read then.
+    /// Reads what a pipe holds, up to PIPE_READ_BATCH, in pieces of at most
+    /// PIPE_READ_CHUNK (see `read_available`). The pipe's lock is taken once
+    /// per batch rather than once per chunk: a writer on another CPU holds
+    /// that lock while it copies in, and every read meeting it spins until it
+    /// is done. The first chunk goes to data_received() now, the others one
+    /// per loop iteration (or after resume_reading()), as if read then.
+    fn read_pipe_batch<'py>(&self, py: Python<'py>) -> Option<io::Result<ReadPieces<'py>>> {
+        self.read_available(py, PIPE_READ_BATCH, PIPE_READ_CHUNK)
+    }
+
+    /// Reads what the fd holds (FIONREAD), up to `max` (at most MAX_PIECES
+    /// pieces), with one readv() straight into new bytes objects of at most
+    /// `chunk` bytes each: no copy out of a shared buffer, no allocation
+    /// bigger than the data (and no other allocation for a single piece). A
+    /// short read (someone else read meanwhile) keeps what came.
     ///
-    /// None when the pipe looks empty (EOF, a spurious wake-up) or cannot say
-    /// (FIONREAD unsupported): the caller then reads through the shared buffer.
-    fn read_pipe_batch<'py>(
+    /// None when the fd looks empty (EOF, a spurious wake-up) or cannot say
+    /// (FIONREAD unsupported), or the allocation failed: the caller then
+    /// reads through the shared buffer.
+    fn read_available<'py>(
         &self,
         py: Python<'py>,
-    ) -> Option<io::Result<(usize, Vec<Bound<'py, PyBytes>>)>> {
+        max: usize,
+        chunk: usize,
+    ) -> Option<io::Result<ReadPieces<'py>>> {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through a valid pointer.
         if unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut avail) } < 0 || avail <= 0 {
             return None;
         }
-        let want = (avail as usize).min(PIPE_READ_BATCH);
-        let mut pieces = Vec::with_capacity(want.div_ceil(PIPE_READ_CHUNK));
-        let mut iov = Vec::with_capacity(pieces.capacity());
+        let want = (avail as usize).min(max).min(chunk * MAX_PIECES);
+        let mut pieces: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let mut first = None;
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_PIECES];
+        let mut count = 0;
         let mut left = want;
         while left > 0 {
-            let n = left.min(PIPE_READ_CHUNK);
+            let n = left.min(chunk);
             // SAFETY: a new, uninitialised bytes object of `n` bytes; nobody
             // else sees it before it is filled below.
             let obj =
@@ -608,17 +759,22 @@ impl StreamTransport {
             }
             // SAFETY: `obj` is a new reference to a bytes object of `n` bytes.
             let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
-            iov.push(libc::iovec {
+            iov[count] = libc::iovec {
                 // SAFETY: the bytes object owns `n` bytes at this address.
                 iov_base: unsafe { ffi::PyBytes_AsString(obj) }.cast(),
                 iov_len: n,
-            });
-            pieces.push(bytes);
+            };
+            count += 1;
+            if first.is_none() {
+                first = Some(bytes);
+            } else {
+                pieces.push(bytes);
+            }
             left -= n;
         }
         let got = loop {
-            // SAFETY: every iovec points into a bytes object alive in `pieces`.
-            let n = unsafe { libc::readv(self.fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            // SAFETY: every iovec points into a bytes object alive in `first`/`pieces`.
+            let n = unsafe { libc::readv(self.fd, iov.as_ptr(), count as libc::c_int) };
             if n >= 0 {
                 break n as usize;
             }
@@ -628,10 +784,10 @@ impl StreamTransport {
             }
         };
         if got < want {
-            // Someone else drained the pipe meanwhile: keep what we got.
+            // Keep whole pieces up to `got`, and the part of the next one.
             let mut kept = 0;
             let mut short = Vec::new();
-            for piece in pieces {
+            for piece in first.take().into_iter().chain(pieces) {
                 let len = piece.as_bytes().len();
                 if kept + len <= got {
                     kept += len;
@@ -643,9 +799,11 @@ impl StreamTransport {
                     break;
                 }
             }
-            pieces = short;
+            let mut short = short.into_iter();
+            first = short.next();
+            pieces = short.collect();
         }
-        Some(Ok((got, pieces)))
+        Some(Ok((got, first, pieces)))
     }
 
     /// Hands the next pending chunk of a read pipe to the protocol and
@@ -825,6 +983,7 @@ impl StreamTransport {
         };
         Ok(StreamTransport {
             large_reads: std::sync::atomic::AtomicBool::new(false),
+            raw_fd: crate::sock_ops::has_raw_fd(sock),
             inner: GilRefCell::new(Inner {
                 sock: Some(sock.clone().unbind()),
                 protocol: Some(protocol.clone().unbind()),
@@ -975,17 +1134,16 @@ impl StreamTransport {
             if this.kind == Kind::ReadPipe {
                 if let Some(res) = this.read_pipe_batch(py) {
                     return match res {
-                        Ok((0, _)) => Self::on_eof(slf),
-                        Ok((n, pieces)) => {
+                        Ok((0, _, _)) => Self::on_eof(slf),
+                        Ok((n, first, rest)) => {
                             this.core(py).count_bytes(py, n, 0);
-                            let mut pieces = pieces.into_iter();
-                            let Some(first) = pieces.next() else {
+                            let Some(first) = first else {
                                 return Ok(());
                             };
                             this.inner
                                 .borrow_mut(py)
                                 .rbuf
-                                .extend(pieces.map(|p| p.unbind()));
+                                .extend(rest.into_iter().map(|p| p.unbind()));
                             Self::deliver(slf, proto, first)?;
                             Self::schedule_delivery(slf, true)
                         }
@@ -1007,6 +1165,9 @@ impl StreamTransport {
                     } else {
                         buf.len()
                     };
+                    if this.kind == Kind::Socket {
+                        return read_shared(py, this.fd, &mut buf[..cap]);
+                    }
                     let n = this.sys_read(buf.as_mut_ptr(), cap)?;
                     Ok::<_, io::Error>((
                         n,
@@ -1033,9 +1194,11 @@ impl StreamTransport {
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
                 Ok((_, Some(data))) => {
-                    match pyhelpers::guarded(|| {
-                        proto.call_method1(intern!(py, "data_received"), (data,))
-                    }) {
+                    let res = pyhelpers::guarded(|| {
+                        proto.call_method1(intern!(py, "data_received"), (&data,))
+                    });
+                    recycle(data);
+                    match res {
                         Ok(_) => Ok(()),
                         Err(e) => Self::fatal_error(
                             slf,
@@ -1669,6 +1832,141 @@ pub(crate) fn notify_flow_control(
             failure,
         ),
     }
+}
+
+/// PyO3's own `write` descriptor, for the call shapes `write_fast` leaves to it.
+static WRITE_GENERIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `transport.write(data)`, the hottest call of a protocol, without PyO3's
+/// generic argument parsing (~150 instructions a call). Other shapes
+/// (`write(data=...)`, wrong arity) go to PyO3's method, which parses them
+/// and raises its usual errors.
+///
+/// # Safety
+/// Called by CPython through a method descriptor of StreamTransport: `slf` is
+/// a StreamTransport (or subclass) instance, the GIL is held.
+unsafe extern "C" fn write_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let nargs = ffi::PyVectorcall_NARGS(nargs as usize);
+    if nargs != 1 || !kwnames.is_null() {
+        let Some(generic) = WRITE_GENERIC.get(py) else {
+            pyo3::exceptions::PySystemError::new_err("tokioloop: write() not initialised")
+                .restore(py);
+            return std::ptr::null_mut();
+        };
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
+        let mut all = Vec::with_capacity(1 + nargs as usize + nkw);
+        all.push(slf);
+        all.extend_from_slice(std::slice::from_raw_parts(args, nargs as usize + nkw));
+        return ffi::PyObject_Vectorcall(
+            generic.as_ptr(),
+            all.as_ptr(),
+            (1 + nargs) as usize,
+            kwnames,
+        );
+    }
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let this = Borrowed::from_ptr(py, slf).cast_unchecked::<StreamTransport>();
+        let data = Borrowed::from_ptr(py, *args);
+        StreamTransport::write(&this, &data)
+    }));
+    let err = match res {
+        Ok(Ok(())) => return ffi::Py_NewRef(ffi::Py_None()),
+        Ok(Err(e)) => e,
+        Err(payload) => pyhelpers::panic_to_pyerr(payload),
+    };
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
+/// Puts `write_fast` in place of PyO3's `write` on the StreamTransport type
+/// (subclasses inherit it).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    use pyo3::PyTypeInfo;
+    let ty = StreamTransport::type_object(py);
+    let generic = ty.getattr(intern!(py, "write"))?;
+    let doc = generic
+        .getattr(intern!(py, "__doc__"))
+        .ok()
+        .and_then(|d| d.extract::<String>().ok())
+        .unwrap_or_default();
+    let doc = format!("write($self, data)\n--\n\n{doc}");
+    WRITE_GENERIC.get_or_init(py, || generic.unbind());
+    // The descriptor points to its PyMethodDef (and doc) for ever: leak them.
+    let doc: &'static std::ffi::CStr = Box::leak(
+        std::ffi::CString::new(doc)
+            .unwrap_or_default()
+            .into_boxed_c_str(),
+    );
+    let def = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"write".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: write_fast,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: doc.as_ptr(),
+    }));
+    // SAFETY: a valid type object and a 'static method definition.
+    let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
+    if descr.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `descr` is a new reference we own.
+    let descr = unsafe { Bound::from_owned_ptr(py, descr) };
+    // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
+    unsafe {
+        let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
+        if dict.is_null() || ffi::PyDict_SetItemString(dict, c"write".as_ptr(), descr.as_ptr()) < 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+        ffi::PyType_Modified(ty.as_ptr().cast());
+    }
+    Ok(())
+}
+
+/// Whether `method` (looked up on a transport) is the transport class `T`'s
+/// own Rust method `name`, not an override: the readiness handles then call
+/// that Rust function directly (`Handle::with_native`), skipping the Python
+/// call machinery on every event.
+pub(crate) fn own_method<T: pyo3::PyTypeInfo>(
+    py: Python<'_>,
+    method: &Bound<'_, PyAny>,
+    name: &Bound<'_, pyo3::types::PyString>,
+) -> bool {
+    // SAFETY: type checks before each cast; the GIL is held.
+    unsafe {
+        if ffi::PyCFunction_Check(method.as_ptr()) == 0 {
+            return false;
+        }
+        let Ok(Some(descr)) = T::type_object(py).getattr(name).map(|d| {
+            Some(d).filter(|d| {
+                ffi::PyObject_TypeCheck(d.as_ptr(), &raw mut ffi::PyMethodDescr_Type) != 0
+            })
+        }) else {
+            return false;
+        };
+        let ml = (*method.as_ptr().cast::<ffi::PyCFunctionObject>()).m_ml;
+        let own = (*descr.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        !ml.is_null() && std::ptr::eq(ml, own)
+    }
+}
+
+fn native_read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransport::_read_ready(obj.cast::<StreamTransport>()?)
+}
+
+fn native_write_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    StreamTransport::_write_ready(obj.cast::<StreamTransport>()?)
 }
 
 fn set_nodelay_if_tcp(fd: RawFd) {
