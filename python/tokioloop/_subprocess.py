@@ -50,6 +50,7 @@ import os
 import signal
 import subprocess
 import threading
+import typing
 import warnings
 import weakref
 
@@ -75,7 +76,7 @@ _DEFAULT_PIPE_SIZE = _default_pipe_size() if hasattr(fcntl, "F_SETPIPE_SZ") else
 # file closed or collected no longer counts), at most this many at a time:
 # 16 MiB of pipe buffers, a quarter of Linux's default per-user soft quota.
 _MAX_ENLARGED_PIPES = 16
-_enlarged_pipes = weakref.WeakSet()
+_enlarged_pipes: "weakref.WeakSet[typing.IO[bytes]]" = weakref.WeakSet()
 
 __all__ = ("SubprocessMixin", "SubprocessTransport")
 
