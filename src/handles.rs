@@ -457,6 +457,7 @@ impl TimerHandle {
         context: Option<Py<PyAny>>,
         debug: bool,
         counter: CancelCounter,
+        track: bool,
     ) -> PyResult<Bound<'_, TimerHandle>> {
         let base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
@@ -476,7 +477,9 @@ impl TimerHandle {
                     obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
                     timer,
                 );
-                ffi::PyObject_GC_Track(obj.cast());
+                if track {
+                    ffi::PyObject_GC_Track(obj.cast());
+                }
                 return Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked());
             }
         }
@@ -778,6 +781,16 @@ impl Handle {
     /// Allocates the Python object for this handle. Unlike PyO3's path the
     /// object is not zero-filled and is only tracked by the GC once complete.
     pub fn into_object(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        self.into_object_with(py, true)
+    }
+
+    /// As `into_object`, for a handle the loop is about to own: left
+    /// untracked (see `traverse_loop_owned`).
+    pub fn into_loop_owned(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        self.into_object_with(py, false)
+    }
+
+    fn into_object_with(self, py: Python<'_>, track: bool) -> PyResult<Bound<'_, Handle>> {
         let Some(l) = LAYOUT.get() else {
             return Bound::new(py, self);
         };
@@ -790,7 +803,9 @@ impl Handle {
                 return Err(err);
             }
             std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), self);
-            ffi::PyObject_GC_Track(obj.cast());
+            if track {
+                ffi::PyObject_GC_Track(obj.cast());
+            }
             Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
         }
     }
@@ -798,8 +813,8 @@ impl Handle {
 
 /// Allocates and fills a plain (non-debug) handle of type `ty` for `cb(arg)`
 /// (or `cb()`); `ctx` null means a copy of the current context. The object
-/// is returned untracked (the caller completes it, then tracks it), or NULL
-/// with the error set.
+/// is returned untracked (the caller completes it, then hands it to the loop
+/// or tracks it), or NULL with the error set.
 ///
 /// # Safety
 /// GIL held; the pointers are live objects (borrowed); `ty` is Handle or
@@ -869,11 +884,8 @@ impl Handle {
         ctx: *mut ffi::PyObject,
     ) -> Option<*mut ffi::PyObject> {
         let l = LAYOUT.get()?;
-        let obj = alloc_fast(py, l, l.handle_type, cb, arg, ctx, false);
-        if !obj.is_null() {
-            ffi::PyObject_GC_Track(obj.cast());
-        }
-        Some(obj)
+        // Left untracked: the loop owns it (see `traverse_loop_owned`).
+        Some(alloc_fast(py, l, l.handle_type, cb, arg, ctx, false))
     }
 }
 
@@ -899,7 +911,7 @@ impl TimerHandle {
                 obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
                 TimerHandle { when, counter },
             );
-            ffi::PyObject_GC_Track(obj.cast());
+            // Left untracked: the loop owns it (see `traverse_loop_owned`).
         }
         Some(obj)
     }
@@ -918,6 +930,7 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
         None,
         false,
         CancelCounter::default(),
+        true,
     )?;
     let base = |p: *mut ffi::PyObject| p as usize;
     // SAFETY: live objects of the right types.
@@ -1043,4 +1056,80 @@ pub fn install_methods(py: Python<'_>) -> PyResult<()> {
         ffi::PyType_Modified(ty.as_type_ptr());
     }
     Ok(())
+}
+
+// ---- loop-owned handles and the cyclic GC ----
+//
+// The handles the loop schedules (call_soon, call_later, call_at,
+// call_soon_threadsafe) are created untracked by the cyclic GC: scanning
+// hundreds of thousands of pending handles on every young collection was most
+// of the cost of a timer. While the loop is a handle's only owner (reference
+// count 1), the loop's own tp_traverse visits what the handle references
+// instead (`traverse_loop_owned`): the accounting is exact, since the loop's
+// reference is the only one, so a loop dropped in a cycle with its own pending
+// callbacks is still collected. A handle someone else also holds is visited
+// as an object (a no-op for the GC while it is untracked): whatever it
+// references stays alive, which is right, the loop keeps the handle alive.
+// When the loop lets go of a handle that is still referenced elsewhere
+// (`release_loop_owned`), the handle is tracked from then on, so a cycle
+// through it (a timer kept by the object its callback is bound to) can be
+// collected once the loop no longer holds it. Forgetting that step would only
+// leak such a cycle, never free anything early.
+
+/// For the loop's tp_traverse: one handle (Handle or TimerHandle) in its
+/// ready queue or timer heap.
+pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    let p = h.as_ptr();
+    // SAFETY: a live handle object (the loop holds a reference); the GC calls
+    // traverse with the GIL held. The counts read here do not change during one
+    // collection's traversals, so every pass sees the same references.
+    unsafe {
+        if ffi::Py_REFCNT(p) != 1 || ffi::PyObject_GC_IsTracked(p) != 0 {
+            return visit.call(h);
+        }
+        let v = &*handle_value(p);
+        if crate::gil_cell::is_null_py(&v.context) {
+            return Ok(());
+        }
+        visit.call(&v.context)?;
+        // A busy cell is skipped in every pass alike (see try_borrow_mut_in_gc).
+        if let Some(inner) = v.inner.try_borrow_mut_in_gc() {
+            visit.call(&inner.callback)?;
+            match &inner.args {
+                Some(Args::One(a)) => visit.call(a)?,
+                Some(Args::Many(t)) => visit.call(t)?,
+                _ => {}
+            }
+            visit.call(inner.source_traceback())?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the loop's reference to a handle it owned (run, pruned, or dropped
+/// at close), tracking the handle first if anyone else still holds it.
+///
+/// # Safety
+/// GIL held; `obj` is a live Handle (or TimerHandle) object whose reference
+/// this call consumes.
+#[inline(always)]
+pub unsafe fn release_loop_owned(obj: *mut ffi::PyObject) {
+    if ffi::Py_REFCNT(obj) > 1 && ffi::PyObject_GC_IsTracked(obj) == 0 {
+        ffi::PyObject_GC_Track(obj.cast());
+    }
+    ffi::Py_DECREF(obj);
+}
+
+/// `release_loop_owned` for a `Py` the loop held.
+#[inline(always)]
+pub fn release_loop_owned_py<T>(_py: Python<'_>, h: Py<T>) {
+    // SAFETY: the GIL token proves the GIL is held; `into_ptr` hands over the reference.
+    unsafe { release_loop_owned(h.into_ptr()) }
+}
+
+/// Releases every handle of `items` (see `release_loop_owned`).
+pub fn release_all_loop_owned<T>(py: Python<'_>, items: impl IntoIterator<Item = Py<T>>) {
+    for h in items {
+        release_loop_owned_py(py, h);
+    }
 }
