@@ -249,7 +249,6 @@ impl CoreLoop {
             context,
             debug,
             counter,
-            false,
         )?;
         let th = th.unbind();
         let mut st = self.state.borrow_mut(py);

@@ -449,6 +449,8 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
+    /// A timer about to enter the loop's heap: created untracked by the GC
+    /// (see `traverse_loop_owned`); PyO3's path (no measured layout) tracks it.
     pub fn create(
         py: Python<'_>,
         when: f64,
@@ -457,7 +459,6 @@ impl TimerHandle {
         context: Option<Py<PyAny>>,
         debug: bool,
         counter: CancelCounter,
-        track: bool,
     ) -> PyResult<Bound<'_, TimerHandle>> {
         let base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
@@ -477,9 +478,7 @@ impl TimerHandle {
                     obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
                     timer,
                 );
-                if track {
-                    ffi::PyObject_GC_Track(obj.cast());
-                }
+                // Left untracked: the loop owns it (see `traverse_loop_owned`).
                 return Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked());
             }
         }
@@ -930,7 +929,6 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
         None,
         false,
         CancelCounter::default(),
-        true,
     )?;
     let base = |p: *mut ffi::PyObject| p as usize;
     // SAFETY: live objects of the right types.
