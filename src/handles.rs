@@ -102,6 +102,8 @@ pub struct Handle {
     inner: GilRefCell<HandleInner>,
     context: Py<PyAny>,
     debug: bool,
+    // Allocated by `alloc_object` outside the GC's allocation count.
+    uncounted: bool,
 }
 
 impl Handle {
@@ -136,6 +138,7 @@ impl Handle {
             }),
             context,
             debug,
+            uncounted: false,
         })
     }
 
@@ -460,14 +463,15 @@ impl TimerHandle {
         debug: bool,
         counter: CancelCounter,
     ) -> PyResult<Bound<'_, TimerHandle>> {
-        let base = Handle::new(py, callback, args, context, debug)?;
+        let mut base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
         let timer = TimerHandle { when, counter };
         let layout = LAYOUT.get();
         if let Some(l) = layout {
             // SAFETY: offsets and type measured at start-up for exactly this layout.
             unsafe {
-                let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.timer_type);
+                let (obj, uncounted) = alloc_object(l, l.timer_type, true);
+                base.uncounted = uncounted;
                 if obj.is_null() {
                     let err = PyErr::fetch(py);
                     base.release(py);
@@ -736,27 +740,69 @@ unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
     drop(std::ptr::read(&h.context).into_bound(py));
 }
 
-unsafe fn free_instance(obj: *mut ffi::PyObject) {
+unsafe fn free_instance(obj: *mut ffi::PyObject, uncounted: bool) {
     let ty = ffi::Py_TYPE(obj);
-    match (*ty).tp_free {
-        Some(free) => free(obj.cast()),
-        None => ffi::PyObject_GC_Del(obj.cast()),
+    match ((*ty).tp_free, LAYOUT.get()) {
+        // The mirror of `alloc_object`'s uncounted path (the object is untracked by now).
+        (_, Some(l)) if uncounted => ffi::PyObject_Free(obj.cast::<u8>().sub(l.gc_head).cast()),
+        (Some(free), _) => free(obj.cast()),
+        (None, _) => ffi::PyObject_GC_Del(obj.cast()),
     }
     // Heap-type instances own a reference to their type.
     ffi::Py_DECREF(ty.cast());
 }
 
+/// Read before the value is dropped (zero-filled, i.e. false, if never initialised).
+#[inline(always)]
+unsafe fn is_uncounted(obj: *mut ffi::PyObject) -> bool {
+    std::ptr::read_volatile(std::ptr::addr_of!((*handle_value(obj)).uncounted).cast::<u8>()) != 0
+}
+
 unsafe extern "C" fn handle_dealloc(obj: *mut ffi::PyObject) {
     ffi::PyObject_GC_UnTrack(obj.cast());
+    let uncounted = is_uncounted(obj);
     drop_handle_value(obj);
-    free_instance(obj);
+    free_instance(obj, uncounted);
 }
 
 unsafe extern "C" fn timer_dealloc(obj: *mut ffi::PyObject) {
     ffi::PyObject_GC_UnTrack(obj.cast());
+    let uncounted = is_uncounted(obj);
     std::ptr::drop_in_place(timer_value(obj).cast_mut());
     drop_handle_value(obj);
-    free_instance(obj);
+    free_instance(obj, uncounted);
+}
+
+/// Allocates an object of one of our handle types (Rust value not yet written).
+/// A handle the loop is about to own is allocated outside the GC's count of
+/// new container objects (the count that triggers young collections), as if
+/// it were not a container: until the loop lets go of it, it cannot be part
+/// of garbage (see `traverse_loop_owned`), and counting it doubled the number
+/// of collections per timer (a copied context is the other allocation).
+/// Layout as `PyObject_GC_New`'s: a zeroed GC header, then the object.
+/// Returns the object (NULL with an error set) and whether it is uncounted.
+///
+/// # Safety
+/// GIL held; `ty` is Handle or TimerHandle.
+#[inline(always)]
+unsafe fn alloc_object(
+    l: &Layout,
+    ty: *mut ffi::PyTypeObject,
+    loop_owned: bool,
+) -> (*mut ffi::PyObject, bool) {
+    if !loop_owned || l.gc_head == 0 {
+        return (ffi::PyObject_GC_New::<ffi::PyObject>(ty), false);
+    }
+    let mem = ffi::PyObject_Malloc(l.gc_head + (*ty).tp_basicsize as usize).cast::<u8>();
+    if mem.is_null() {
+        ffi::PyErr_NoMemory();
+        return (std::ptr::null_mut(), true);
+    }
+    std::ptr::write_bytes(mem, 0, l.gc_head);
+    let obj = mem.add(l.gc_head).cast::<ffi::PyObject>();
+    // Sets type and reference count, and takes the reference a heap type's instance owns.
+    ffi::PyObject_Init(obj, ty);
+    (obj, true)
 }
 
 /// Where the Rust values sit inside Handle and TimerHandle objects, measured
@@ -767,6 +813,10 @@ struct Layout {
     timer_type: *mut ffi::PyTypeObject,
     handle_off: usize,
     timer_off: usize,
+    // Size of the GC header before each object (what `PyObject_GC_New`
+    // reserves); 0 if it could not be confirmed, which turns uncounted
+    // allocation off.
+    gc_head: usize,
 }
 
 // SAFETY: the type pointers are immortal for our purposes (a reference is
@@ -789,13 +839,14 @@ impl Handle {
         self.into_object_with(py, false)
     }
 
-    fn into_object_with(self, py: Python<'_>, track: bool) -> PyResult<Bound<'_, Handle>> {
+    fn into_object_with(mut self, py: Python<'_>, track: bool) -> PyResult<Bound<'_, Handle>> {
         let Some(l) = LAYOUT.get() else {
             return Bound::new(py, self);
         };
         // SAFETY: offset and type measured at start-up for exactly this layout.
         unsafe {
-            let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.handle_type);
+            let (obj, uncounted) = alloc_object(l, l.handle_type, !track);
+            self.uncounted = uncounted;
             if obj.is_null() {
                 let err = PyErr::fetch(py);
                 self.release(py);
@@ -838,7 +889,7 @@ unsafe fn alloc_fast(
         ffi::Py_INCREF(ctx);
         ctx
     };
-    let obj = ffi::PyObject_GC_New::<ffi::PyObject>(ty);
+    let (obj, uncounted) = alloc_object(l, ty, true);
     if obj.is_null() {
         ffi::Py_DECREF(context);
         return obj;
@@ -863,6 +914,7 @@ unsafe fn alloc_fast(
             }),
             context: Bound::from_owned_ptr(py, context).unbind(),
             debug: false,
+            uncounted,
         },
     );
     obj
@@ -956,6 +1008,31 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
     if !ok {
         return Ok(None);
     }
+    // The GC header: sys.getsizeof() adds exactly what precedes a GC object
+    // to its __sizeof__(). Uncounted allocation needs it to be the plain
+    // two-word header and both types to free with PyObject_GC_Del.
+    let sys = py.import("sys")?;
+    let presize = |o: &Bound<'_, PyAny>| -> PyResult<isize> {
+        Ok(sys.call_method1("getsizeof", (o,))?.extract::<isize>()?
+            - o.call_method0("__sizeof__")?.extract::<isize>()?)
+    };
+    let two_words = 2 * std::mem::size_of::<usize>() as isize;
+    // SAFETY: reading plain fields of our own type objects.
+    let gc_del_frees = unsafe {
+        let del = ffi::PyObject_GC_Del as unsafe extern "C" fn(*mut std::ffi::c_void);
+        [handle_type, timer_type]
+            .iter()
+            .all(|t| (**t).tp_free.map(|f| f as usize) == Some(del as usize))
+    };
+    let gc_head = if presize(h.as_any())? == two_words
+        && presize(t.as_any())? == two_words
+        && gc_del_frees
+        && std::env::var_os("TOKIOLOOP_COUNTED_HANDLES").is_none()
+    {
+        two_words as usize
+    } else {
+        0
+    };
     // SAFETY: keep the types alive for as long as the process (the pointers are cached).
     unsafe {
         ffi::Py_INCREF(handle_type.cast());
@@ -966,6 +1043,7 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
         timer_type,
         handle_off,
         timer_off,
+        gc_head,
     }))
 }
 
