@@ -332,6 +332,9 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        // Shared from now on: the GC must see it (see `traverse_loop_owned`).
+        // SAFETY: GIL held; a live object.
+        unsafe { track_context(self.context.as_ptr()) };
         self.context.clone_ref(py)
     }
 
@@ -357,7 +360,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.get_context(py)
     }
 
     #[getter]
@@ -712,6 +715,8 @@ impl Handle {
         if let Some(tb) = debug_info.and_then(|d| d.source_traceback) {
             drop(tb.into_bound(py));
         }
+        // SAFETY: GIL held; a live object.
+        unsafe { track_context(context.as_ptr()) };
         drop(context.into_bound(py));
     }
 }
@@ -737,6 +742,9 @@ unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
             drop(tb.into_bound(py));
         }
     }
+    // A context's own dealloc untracks it unconditionally: it must be tracked
+    // when its last reference goes (ours, if the loop owned the handle).
+    track_context(h.context.as_ptr());
     drop(std::ptr::read(&h.context).into_bound(py));
 }
 
@@ -893,6 +901,11 @@ unsafe fn alloc_fast(
     if obj.is_null() {
         ffi::Py_DECREF(context);
         return obj;
+    }
+    if ctx.is_null() {
+        // Our own copy, held by this loop-owned handle alone: untracked like
+        // the handle (see `traverse_loop_owned`).
+        ffi::PyObject_GC_UnTrack(context.cast());
     }
     ffi::Py_INCREF(cb);
     let args = match arg {
@@ -1167,7 +1180,7 @@ pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTr
         if crate::gil_cell::is_null_py(&v.context) {
             return Ok(());
         }
-        visit.call(&v.context)?;
+        traverse_owned_context(&v.context, visit)?;
         // A busy cell is skipped in every pass alike (see try_borrow_mut_in_gc).
         if let Some(inner) = v.inner.try_borrow_mut_in_gc() {
             visit.call(&inner.callback)?;
@@ -1191,9 +1204,69 @@ pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTr
 #[inline(always)]
 pub unsafe fn release_loop_owned(obj: *mut ffi::PyObject) {
     if ffi::Py_REFCNT(obj) > 1 && ffi::PyObject_GC_IsTracked(obj) == 0 {
+        // Its context first: a tracked handle's referents are all visible.
+        track_context((*handle_value(obj)).context.as_ptr());
         ffi::PyObject_GC_Track(obj.cast());
     }
     ffi::Py_DECREF(obj);
+}
+
+/// Tracks a context copy the loop left untracked (see `alloc_fast`); no-op
+/// for anything else (user contexts are tracked, other objects are left alone).
+///
+/// # Safety
+/// GIL held; `ctx` is a live object.
+#[inline(always)]
+pub unsafe fn track_context(ctx: *mut ffi::PyObject) {
+    if ffi::PyContext_CheckExact(ctx) != 0 && ffi::PyObject_GC_IsTracked(ctx) == 0 {
+        ffi::PyObject_GC_Track(ctx.cast());
+    }
+}
+
+/// The context of a handle the loop alone holds. A copy held by this handle
+/// alone and left untracked is accounted through the loop, as the handle is:
+/// its own tp_traverse reports its referents to our visitor. Otherwise the
+/// context is visited as an object.
+fn traverse_owned_context(ctx: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    let p = ctx.as_ptr();
+    // SAFETY: a live object; traverse runs with the GIL held.
+    unsafe {
+        if ffi::PyContext_CheckExact(p) == 0
+            || ffi::Py_REFCNT(p) != 1
+            || ffi::PyObject_GC_IsTracked(p) != 0
+        {
+            return visit.call(ctx);
+        }
+        let Some(traverse) = (*ffi::Py_TYPE(p)).tp_traverse else {
+            return Ok(());
+        };
+        struct Fwd<'a, 'b> {
+            visit: &'a PyVisit<'b>,
+            err: Option<PyTraverseError>,
+        }
+        unsafe extern "C" fn fwd(
+            o: *mut ffi::PyObject,
+            arg: *mut std::ffi::c_void,
+        ) -> std::ffi::c_int {
+            let f = &mut *arg.cast::<Fwd<'_, '_>>();
+            let py = Python::assume_attached();
+            let b = pyo3::Borrowed::from_ptr(py, o);
+            match f.visit.call(b.as_unbound()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    f.err = Some(e);
+                    1
+                }
+            }
+        }
+        let mut f = Fwd { visit, err: None };
+        if traverse(p, fwd, std::ptr::addr_of_mut!(f).cast()) != 0 {
+            if let Some(e) = f.err {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `release_loop_owned` for a `Py` the loop held.

@@ -9,6 +9,7 @@ collected here too, and nothing is freed while still reachable.
 """
 
 import asyncio
+import contextvars
 import gc
 import os
 import subprocess
@@ -113,6 +114,45 @@ def test_cycle_through_a_pending_timer_is_kept_while_pending(loop):
     assert wr() is None
 
 
+_var = contextvars.ContextVar("_var")
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later", "call_soon_threadsafe"])
+def test_cycle_through_a_handles_own_context_is_collected(loop, how):
+    # node -> handle -> the handle's context copy -> (var set by the callback
+    # inside that context) -> node: the only cycle runs through the context.
+    n = Holder()
+    wr = weakref.ref(n)
+    schedule = getattr(loop, how)
+    args = (0,) if how == "call_later" else ()
+    box = [n]  # emptied by the callback: afterwards only the context holds n
+    n.h = schedule(*args, lambda: _var.set(box.pop()))
+    del n
+    run_once(loop)
+    run_once(loop)
+    # (get_context() is not called: it would make the context visible itself)
+    assert wr() is not None
+    gc.collect()
+    assert wr() is None, "a cycle through a handle's context was not collected"
+
+
+def test_context_of_a_pending_handle_is_kept_alive(loop):
+    o = Holder()
+    h = loop.call_later(3600, o.method)
+    ctx = h.get_context()
+    ctx.run(_var.set, o)
+    o.ctx = ctx
+    wr = weakref.ref(o)
+    del o, ctx
+    gc.collect()
+    assert wr() is not None and h.get_context()[_var] is wr()
+    h.cancel()
+    del h
+    run_once(loop)
+    gc.collect()
+    assert wr() is None
+
+
 def test_pending_sole_owned_handle_is_accounted_through_the_loop(loop):
     cb = Holder().method
     loop.call_later(3600, cb)
@@ -208,9 +248,10 @@ def test_handle_held_elsewhere_keeps_its_referents_when_the_loop_is_garbage():
 
 STRESS = textwrap.dedent(
     """
-    import gc, random, sys, weakref, warnings
+    import contextvars, gc, random, sys, weakref, warnings
     import tokioloop
 
+    var = contextvars.ContextVar("var")
     warnings.simplefilter("ignore", ResourceWarning)
     rnd = random.Random(1234)
 
@@ -243,6 +284,9 @@ STRESS = textwrap.dedent(
                     n.h.cancel()
             elif kind == 4:
                 lp.call_soon_threadsafe(n.method, n)
+                if rnd.random() < 0.3:
+                    # a cycle through the handle's own context copy
+                    n.h = lp.call_soon(lambda box=[n]: var.set(box.pop()))
             else:
                 lp.call_later(3600, n.method, n)
             if rnd.random() < 0.01:
