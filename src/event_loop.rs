@@ -9,7 +9,7 @@
 use crate::clock;
 use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
-use crate::handles::{check_callable, Args, Handle, TimerHandle};
+use crate::handles::{self, check_callable, Args, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
 use crate::pyhelpers;
 use crate::ready::ReadyQueue;
@@ -70,6 +70,37 @@ struct LoopState {
     deadline: Option<DeadlineTimer>,
     // fd -> weak reference to the native transport that owns it.
     transports: std::collections::HashMap<RawFd, Py<PyAny>>,
+}
+
+impl Drop for LoopState {
+    /// A loop freed without close() (and not by the GC) still releases its
+    /// handles the way the loop always does (see `handles::release_loop_owned`).
+    fn drop(&mut self) {
+        if self.ready.is_empty() && self.timers.len() == 0 {
+            return;
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let timers = self.timers.take_all();
+        Python::attach(|py| {
+            handles::release_all_loop_owned(py, ready.into_items());
+            handles::release_all_loop_owned(py, timers);
+        });
+    }
+}
+
+/// The handle being run: released through `handles::release_loop_owned`
+/// however the iteration ends.
+struct LoopOwned<'py>(std::mem::ManuallyDrop<Bound<'py, Handle>>);
+
+impl Drop for LoopOwned<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: a Bound proves the GIL; the field is taken exactly once, here.
+        unsafe {
+            let b = std::mem::ManuallyDrop::take(&mut self.0);
+            handles::release_loop_owned(b.into_ptr())
+        }
+    }
 }
 
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen, name = "CoreLoop")]
@@ -340,9 +371,7 @@ impl CoreLoop {
             // Never allocated: nothing to free, skip the drop glue.
             std::mem::forget(dead);
         } else {
-            for d in dead {
-                drop(d.into_bound(py));
-            }
+            handles::release_all_loop_owned(py, dead);
         }
 
         let blocked = timeout != Some(0.0);
@@ -422,7 +451,7 @@ impl CoreLoop {
                     if base.is_cancelled(py) {
                         st.timers.note_due_cancelled();
                         // Freed after the state borrow ends (freeing may run code).
-                        dead_due.push(b);
+                        dead_due.push(b.unbind());
                         continue;
                     }
                     // SAFETY: TimerHandle extends Handle, so the object is a Handle.
@@ -433,7 +462,7 @@ impl CoreLoop {
             st.stats.iterations += 1;
         }
         if !dead_due.is_empty() {
-            drop(dead_due);
+            handles::release_all_loop_owned(py, dead_due);
         }
 
         let (debug, detector) = {
@@ -460,8 +489,9 @@ impl CoreLoop {
                 let Some(h) = this.state.borrow_mut(py).ready.next_in_batch() else {
                     break;
                 };
-                // As a Bound its release is a plain decref (no thread-state lookup).
-                let h = h.into_bound(py);
+                // Released through the guard on every path out of this iteration.
+                let h = LoopOwned(std::mem::ManuallyDrop::new(h.into_bound(py)));
+                let h: &Bound<'_, Handle> = &h.0;
                 let handle = h.get();
                 let t0 = if timed { now_for_timing() } else { 0.0 };
                 // A panic in our own code under run() must not unwind through
@@ -695,7 +725,7 @@ impl CoreLoop {
     ) -> PyResult<Py<Handle>> {
         let debug = self.check_thread_and_callback(py, callback, "call_soon")?;
         let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
-            .into_object(py)?
+            .into_loop_owned(py)?
             .unbind();
         self.state.borrow_mut(py).ready.push_back(h.clone_ref(py));
         Ok(h)
@@ -755,7 +785,7 @@ impl CoreLoop {
         }
         check_callable(py, callback, "call_soon_threadsafe")?;
         let h = Handle::new(py, callback.clone().unbind(), args, context, debug)?
-            .into_object(py)?
+            .into_loop_owned(py)?
             .unbind();
         let _ = thread_id;
         // Holding the GIL is enough to append to the ready queue from any thread:
@@ -1224,7 +1254,9 @@ impl CoreLoop {
                 wakeup,
             )
         };
-        drop((ready, timers, fds, wakeup));
+        handles::release_all_loop_owned(py, ready.into_items());
+        handles::release_all_loop_owned(py, timers);
+        drop((fds, wakeup));
         // Release the runtime (its epoll and eventfd), our epoll set and the
         // timerfd now, as the stdlib closes its selector in close().
         let deadline = self.state.borrow_mut(py).deadline.take();
@@ -1241,7 +1273,7 @@ impl CoreLoop {
         self.epoll.close();
         let mut leftover = Vec::new();
         self.remote.drain(&mut leftover);
-        drop(leftover);
+        handles::release_all_loop_owned(py, leftover);
         Ok(true)
     }
 
@@ -1282,7 +1314,7 @@ impl CoreLoop {
         }
         if let Some(st) = self.state.try_borrow_mut_in_gc() {
             for h in st.ready.iter() {
-                visit.call(h)?;
+                handles::traverse_loop_owned(h, &visit)?;
             }
             st.timers.traverse(&visit)?;
             st.poller.traverse(&visit)?;
@@ -1304,7 +1336,13 @@ impl CoreLoop {
                 st.debug_value.take(),
             )
         });
-        drop(taken);
+        if let Some((ready, timers, fds, debug_value)) = taken {
+            // SAFETY: the GC calls tp_clear with the GIL held.
+            let py = unsafe { Python::assume_attached() };
+            handles::release_all_loop_owned(py, ready.into_items());
+            handles::release_all_loop_owned(py, timers);
+            drop((fds, debug_value));
+        }
     }
 
     #[getter]

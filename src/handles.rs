@@ -106,6 +106,8 @@ pub struct Handle {
     /// callback is that transport's own bound Rust method, which `run` calls
     /// directly instead of through the Python call machinery.
     native: Option<NativeFn>,
+    // Allocated by `alloc_object` outside the GC's allocation count.
+    uncounted: bool,
 }
 
 /// The Rust function behind a bound method of a native object; receives the
@@ -145,6 +147,7 @@ impl Handle {
             context,
             debug,
             native: None,
+            uncounted: false,
         })
     }
 
@@ -390,6 +393,9 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        // Shared from now on: the GC must see it (see `traverse_loop_owned`).
+        // SAFETY: GIL held; a live object.
+        unsafe { track_context(self.context.as_ptr()) };
         self.context.clone_ref(py)
     }
 
@@ -415,7 +421,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.get_context(py)
     }
 
     #[getter]
@@ -510,6 +516,8 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
+    /// A timer about to enter the loop's heap: created untracked by the GC
+    /// (see `traverse_loop_owned`); PyO3's path (no measured layout) tracks it.
     pub fn create(
         py: Python<'_>,
         when: f64,
@@ -519,14 +527,15 @@ impl TimerHandle {
         debug: bool,
         counter: CancelCounter,
     ) -> PyResult<Bound<'_, TimerHandle>> {
-        let base = Handle::new(py, callback, args, context, debug)?;
+        let mut base = Handle::new(py, callback, args, context, debug)?;
         base.set_scheduled(py, true);
         let timer = TimerHandle { when, counter };
         let layout = LAYOUT.get();
         if let Some(l) = layout {
             // SAFETY: offsets and type measured at start-up for exactly this layout.
             unsafe {
-                let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.timer_type);
+                let (obj, uncounted) = alloc_object(l, l.timer_type, true);
+                base.uncounted = uncounted;
                 if obj.is_null() {
                     let err = PyErr::fetch(py);
                     base.release(py);
@@ -537,7 +546,7 @@ impl TimerHandle {
                     obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
                     timer,
                 );
-                ffi::PyObject_GC_Track(obj.cast());
+                // Left untracked: the loop owns it (see `traverse_loop_owned`).
                 return Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked());
             }
         }
@@ -767,6 +776,8 @@ impl Handle {
         if let Some(tb) = debug_info.and_then(|d| d.source_traceback) {
             drop(tb.into_bound(py));
         }
+        // SAFETY: GIL held; a live object.
+        unsafe { track_context(context.as_ptr()) };
         drop(context.into_bound(py));
     }
 }
@@ -792,30 +803,75 @@ unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
             drop(tb.into_bound(py));
         }
     }
+    // A context's own dealloc untracks it unconditionally: it must be tracked
+    // when its last reference goes (ours, if the loop owned the handle).
+    track_context(h.context.as_ptr());
     drop(std::ptr::read(&h.context).into_bound(py));
 }
 
-unsafe fn free_instance(obj: *mut ffi::PyObject) {
+unsafe fn free_instance(obj: *mut ffi::PyObject, uncounted: bool) {
     let ty = ffi::Py_TYPE(obj);
-    match (*ty).tp_free {
-        Some(free) => free(obj.cast()),
-        None => ffi::PyObject_GC_Del(obj.cast()),
+    match ((*ty).tp_free, LAYOUT.get()) {
+        // The mirror of `alloc_object`'s uncounted path (the object is untracked by now).
+        (_, Some(l)) if uncounted => ffi::PyObject_Free(obj.cast::<u8>().sub(l.gc_head).cast()),
+        (Some(free), _) => free(obj.cast()),
+        (None, _) => ffi::PyObject_GC_Del(obj.cast()),
     }
     // Heap-type instances own a reference to their type.
     ffi::Py_DECREF(ty.cast());
 }
 
+/// Read before the value is dropped (zero-filled, i.e. false, if never initialised).
+#[inline(always)]
+unsafe fn is_uncounted(obj: *mut ffi::PyObject) -> bool {
+    std::ptr::read_volatile(std::ptr::addr_of!((*handle_value(obj)).uncounted).cast::<u8>()) != 0
+}
+
 unsafe extern "C" fn handle_dealloc(obj: *mut ffi::PyObject) {
     ffi::PyObject_GC_UnTrack(obj.cast());
+    let uncounted = is_uncounted(obj);
     drop_handle_value(obj);
-    free_instance(obj);
+    free_instance(obj, uncounted);
 }
 
 unsafe extern "C" fn timer_dealloc(obj: *mut ffi::PyObject) {
     ffi::PyObject_GC_UnTrack(obj.cast());
+    let uncounted = is_uncounted(obj);
     std::ptr::drop_in_place(timer_value(obj).cast_mut());
     drop_handle_value(obj);
-    free_instance(obj);
+    free_instance(obj, uncounted);
+}
+
+/// Allocates an object of one of our handle types (Rust value not yet written).
+/// A handle the loop is about to own is allocated outside the GC's count of
+/// new container objects (the count that triggers young collections), as if
+/// it were not a container: until the loop lets go of it, it cannot be part
+/// of garbage (see `traverse_loop_owned`), and counting it doubled the number
+/// of collections per timer (a copied context is the other allocation).
+/// Layout as `PyObject_GC_New`'s: a zeroed GC header, then the object.
+/// Returns the object (NULL with an error set) and whether it is uncounted.
+///
+/// # Safety
+/// GIL held; `ty` is Handle or TimerHandle.
+#[inline(always)]
+unsafe fn alloc_object(
+    l: &Layout,
+    ty: *mut ffi::PyTypeObject,
+    loop_owned: bool,
+) -> (*mut ffi::PyObject, bool) {
+    if !loop_owned || l.gc_head == 0 {
+        return (ffi::PyObject_GC_New::<ffi::PyObject>(ty), false);
+    }
+    let mem = ffi::PyObject_Malloc(l.gc_head + (*ty).tp_basicsize as usize).cast::<u8>();
+    if mem.is_null() {
+        ffi::PyErr_NoMemory();
+        return (std::ptr::null_mut(), true);
+    }
+    std::ptr::write_bytes(mem, 0, l.gc_head);
+    let obj = mem.add(l.gc_head).cast::<ffi::PyObject>();
+    // Sets type and reference count, and takes the reference a heap type's instance owns.
+    ffi::PyObject_Init(obj, ty);
+    (obj, true)
 }
 
 /// Where the Rust values sit inside Handle and TimerHandle objects, measured
@@ -826,6 +882,10 @@ struct Layout {
     timer_type: *mut ffi::PyTypeObject,
     handle_off: usize,
     timer_off: usize,
+    // Size of the GC header before each object (what `PyObject_GC_New`
+    // reserves); 0 if it could not be confirmed, which turns uncounted
+    // allocation off.
+    gc_head: usize,
 }
 
 // SAFETY: the type pointers are immortal for our purposes (a reference is
@@ -839,19 +899,32 @@ impl Handle {
     /// Allocates the Python object for this handle. Unlike PyO3's path the
     /// object is not zero-filled and is only tracked by the GC once complete.
     pub fn into_object(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        self.into_object_with(py, true)
+    }
+
+    /// As `into_object`, for a handle the loop is about to own: left
+    /// untracked (see `traverse_loop_owned`).
+    pub fn into_loop_owned(self, py: Python<'_>) -> PyResult<Bound<'_, Handle>> {
+        self.into_object_with(py, false)
+    }
+
+    fn into_object_with(mut self, py: Python<'_>, track: bool) -> PyResult<Bound<'_, Handle>> {
         let Some(l) = LAYOUT.get() else {
             return Bound::new(py, self);
         };
         // SAFETY: offset and type measured at start-up for exactly this layout.
         unsafe {
-            let obj = ffi::PyObject_GC_New::<ffi::PyObject>(l.handle_type);
+            let (obj, uncounted) = alloc_object(l, l.handle_type, !track);
+            self.uncounted = uncounted;
             if obj.is_null() {
                 let err = PyErr::fetch(py);
                 self.release(py);
                 return Err(err);
             }
             std::ptr::write(obj.cast::<u8>().add(l.handle_off).cast::<Handle>(), self);
-            ffi::PyObject_GC_Track(obj.cast());
+            if track {
+                ffi::PyObject_GC_Track(obj.cast());
+            }
             Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
         }
     }
@@ -859,8 +932,8 @@ impl Handle {
 
 /// Allocates and fills a plain (non-debug) handle of type `ty` for `cb(arg)`
 /// (or `cb()`); `ctx` null means a copy of the current context. The object
-/// is returned untracked (the caller completes it, then tracks it), or NULL
-/// with the error set.
+/// is returned untracked (the caller completes it, then hands it to the loop
+/// or tracks it), or NULL with the error set.
 ///
 /// # Safety
 /// GIL held; the pointers are live objects (borrowed); `ty` is Handle or
@@ -885,10 +958,15 @@ unsafe fn alloc_fast(
         ffi::Py_INCREF(ctx);
         ctx
     };
-    let obj = ffi::PyObject_GC_New::<ffi::PyObject>(ty);
+    let (obj, uncounted) = alloc_object(l, ty, true);
     if obj.is_null() {
         ffi::Py_DECREF(context);
         return obj;
+    }
+    if ctx.is_null() {
+        // Our own copy, held by this loop-owned handle alone: untracked like
+        // the handle (see `traverse_loop_owned`).
+        ffi::PyObject_GC_UnTrack(context.cast());
     }
     ffi::Py_INCREF(cb);
     let args = match arg {
@@ -911,6 +989,7 @@ unsafe fn alloc_fast(
             context: Bound::from_owned_ptr(py, context).unbind(),
             debug: false,
             native: None,
+            uncounted,
         },
     );
     obj
@@ -931,11 +1010,8 @@ impl Handle {
         ctx: *mut ffi::PyObject,
     ) -> Option<*mut ffi::PyObject> {
         let l = LAYOUT.get()?;
-        let obj = alloc_fast(py, l, l.handle_type, cb, arg, ctx, false);
-        if !obj.is_null() {
-            ffi::PyObject_GC_Track(obj.cast());
-        }
-        Some(obj)
+        // Left untracked: the loop owns it (see `traverse_loop_owned`).
+        Some(alloc_fast(py, l, l.handle_type, cb, arg, ctx, false))
     }
 }
 
@@ -961,7 +1037,7 @@ impl TimerHandle {
                 obj.cast::<u8>().add(l.timer_off).cast::<TimerHandle>(),
                 TimerHandle { when, counter },
             );
-            ffi::PyObject_GC_Track(obj.cast());
+            // Left untracked: the loop owns it (see `traverse_loop_owned`).
         }
         Some(obj)
     }
@@ -1007,6 +1083,31 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
     if !ok {
         return Ok(None);
     }
+    // The GC header: sys.getsizeof() adds exactly what precedes a GC object
+    // to its __sizeof__(). Uncounted allocation needs it to be the plain
+    // two-word header and both types to free with PyObject_GC_Del.
+    let sys = py.import("sys")?;
+    let presize = |o: &Bound<'_, PyAny>| -> PyResult<isize> {
+        Ok(sys.call_method1("getsizeof", (o,))?.extract::<isize>()?
+            - o.call_method0("__sizeof__")?.extract::<isize>()?)
+    };
+    let two_words = 2 * std::mem::size_of::<usize>() as isize;
+    // SAFETY: reading plain fields of our own type objects.
+    let gc_del_frees = unsafe {
+        let del = ffi::PyObject_GC_Del as unsafe extern "C" fn(*mut std::ffi::c_void);
+        [handle_type, timer_type]
+            .iter()
+            .all(|t| (**t).tp_free.map(|f| f as usize) == Some(del as usize))
+    };
+    let gc_head = if presize(h.as_any())? == two_words
+        && presize(t.as_any())? == two_words
+        && gc_del_frees
+        && std::env::var_os("TOKIOLOOP_COUNTED_HANDLES").is_none()
+    {
+        two_words as usize
+    } else {
+        0
+    };
     // SAFETY: keep the types alive for as long as the process (the pointers are cached).
     unsafe {
         ffi::Py_INCREF(handle_type.cast());
@@ -1017,6 +1118,7 @@ fn measure_layout(py: Python<'_>) -> PyResult<Option<Layout>> {
         timer_type,
         handle_off,
         timer_off,
+        gc_head,
     }))
 }
 
@@ -1105,4 +1207,140 @@ pub fn install_methods(py: Python<'_>) -> PyResult<()> {
         ffi::PyType_Modified(ty.as_type_ptr());
     }
     Ok(())
+}
+
+// ---- loop-owned handles and the cyclic GC ----
+//
+// The handles the loop schedules (call_soon, call_later, call_at,
+// call_soon_threadsafe) are created untracked by the cyclic GC: scanning
+// hundreds of thousands of pending handles on every young collection was most
+// of the cost of a timer. While the loop is a handle's only owner (reference
+// count 1), the loop's own tp_traverse visits what the handle references
+// instead (`traverse_loop_owned`): the accounting is exact, since the loop's
+// reference is the only one, so a loop dropped in a cycle with its own pending
+// callbacks is still collected. A handle someone else also holds is visited
+// as an object (a no-op for the GC while it is untracked): whatever it
+// references stays alive, which is right, the loop keeps the handle alive.
+// When the loop lets go of a handle that is still referenced elsewhere
+// (`release_loop_owned`), the handle is tracked from then on, so a cycle
+// through it (a timer kept by the object its callback is bound to) can be
+// collected once the loop no longer holds it. Forgetting that step would only
+// leak such a cycle, never free anything early.
+
+/// For the loop's tp_traverse: one handle (Handle or TimerHandle) in its
+/// ready queue or timer heap.
+pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    let p = h.as_ptr();
+    // SAFETY: a live handle object (the loop holds a reference); the GC calls
+    // traverse with the GIL held. The counts read here do not change during one
+    // collection's traversals, so every pass sees the same references.
+    unsafe {
+        if ffi::Py_REFCNT(p) != 1 || ffi::PyObject_GC_IsTracked(p) != 0 {
+            return visit.call(h);
+        }
+        let v = &*handle_value(p);
+        if crate::gil_cell::is_null_py(&v.context) {
+            return Ok(());
+        }
+        traverse_owned_context(&v.context, visit)?;
+        // A busy cell is skipped in every pass alike (see try_borrow_mut_in_gc).
+        if let Some(inner) = v.inner.try_borrow_mut_in_gc() {
+            visit.call(&inner.callback)?;
+            match &inner.args {
+                Some(Args::One(a)) => visit.call(a)?,
+                Some(Args::Many(t)) => visit.call(t)?,
+                _ => {}
+            }
+            visit.call(inner.source_traceback())?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the loop's reference to a handle it owned (run, pruned, or dropped
+/// at close), tracking the handle first if anyone else still holds it.
+///
+/// # Safety
+/// GIL held; `obj` is a live Handle (or TimerHandle) object whose reference
+/// this call consumes.
+#[inline(always)]
+pub unsafe fn release_loop_owned(obj: *mut ffi::PyObject) {
+    if ffi::Py_REFCNT(obj) > 1 && ffi::PyObject_GC_IsTracked(obj) == 0 {
+        // Its context first: a tracked handle's referents are all visible.
+        track_context((*handle_value(obj)).context.as_ptr());
+        ffi::PyObject_GC_Track(obj.cast());
+    }
+    ffi::Py_DECREF(obj);
+}
+
+/// Tracks a context copy the loop left untracked (see `alloc_fast`); no-op
+/// for anything else (user contexts are tracked, other objects are left alone).
+///
+/// # Safety
+/// GIL held; `ctx` is a live object.
+#[inline(always)]
+pub unsafe fn track_context(ctx: *mut ffi::PyObject) {
+    if ffi::PyContext_CheckExact(ctx) != 0 && ffi::PyObject_GC_IsTracked(ctx) == 0 {
+        ffi::PyObject_GC_Track(ctx.cast());
+    }
+}
+
+/// The context of a handle the loop alone holds. A copy held by this handle
+/// alone and left untracked is accounted through the loop, as the handle is:
+/// its own tp_traverse reports its referents to our visitor. Otherwise the
+/// context is visited as an object.
+fn traverse_owned_context(ctx: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    let p = ctx.as_ptr();
+    // SAFETY: a live object; traverse runs with the GIL held.
+    unsafe {
+        if ffi::PyContext_CheckExact(p) == 0
+            || ffi::Py_REFCNT(p) != 1
+            || ffi::PyObject_GC_IsTracked(p) != 0
+        {
+            return visit.call(ctx);
+        }
+        let Some(traverse) = (*ffi::Py_TYPE(p)).tp_traverse else {
+            return Ok(());
+        };
+        struct Fwd<'a, 'b> {
+            visit: &'a PyVisit<'b>,
+            err: Option<PyTraverseError>,
+        }
+        unsafe extern "C" fn fwd(
+            o: *mut ffi::PyObject,
+            arg: *mut std::ffi::c_void,
+        ) -> std::ffi::c_int {
+            let f = &mut *arg.cast::<Fwd<'_, '_>>();
+            let py = Python::assume_attached();
+            let b = pyo3::Borrowed::from_ptr(py, o);
+            match f.visit.call(b.as_unbound()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    f.err = Some(e);
+                    1
+                }
+            }
+        }
+        let mut f = Fwd { visit, err: None };
+        if traverse(p, fwd, std::ptr::addr_of_mut!(f).cast()) != 0 {
+            if let Some(e) = f.err {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `release_loop_owned` for a `Py` the loop held.
+#[inline(always)]
+pub fn release_loop_owned_py<T>(_py: Python<'_>, h: Py<T>) {
+    // SAFETY: the GIL token proves the GIL is held; `into_ptr` hands over the reference.
+    unsafe { release_loop_owned(h.into_ptr()) }
+}
+
+/// Releases every handle of `items` (see `release_loop_owned`).
+pub fn release_all_loop_owned<T>(py: Python<'_>, items: impl IntoIterator<Item = Py<T>>) {
+    for h in items {
+        release_loop_owned_py(py, h);
+    }
 }

@@ -47,6 +47,11 @@ impl<T> ReadyQueue<T> {
         self.queue.iter()
     }
 
+    /// Everything still queued, in order (the loop releases them one by one).
+    pub fn into_items(self) -> impl Iterator<Item = T> {
+        self.queue.into_iter()
+    }
+
     /// Starts an iteration's batch: everything queued now, nothing queued later.
     /// Returns the batch size.
     pub fn start_batch(&mut self) -> usize {

@@ -187,7 +187,7 @@ impl TimerHeap<Py<TimerHandle>> {
 
     pub fn traverse(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         for e in self.heap.iter() {
-            visit.call(&e.item)?;
+            crate::handles::traverse_loop_owned(&e.item, visit)?;
         }
         Ok(())
     }
