@@ -186,9 +186,10 @@ enum Op {
         proto: i32,
     },
     /// The wait of a non-blocking connect(2) to `address` (kept for the
-    /// error message): SO_ERROR says how it ended.
+    /// error message; `v6`: an AF_INET6 address): SO_ERROR says how it ended.
     Connect {
         address: Py<PyAny>,
+        v6: bool,
     },
 }
 
@@ -204,7 +205,7 @@ impl Waiter {
         visit.call(&self.fut)?;
         match &self.op {
             Op::RecvInto { buf } | Op::RecvFromInto { buf, .. } => visit.call(buf)?,
-            Op::Connect { address } => visit.call(address)?,
+            Op::Connect { address, .. } => visit.call(address)?,
             _ => {}
         }
         Ok(())
@@ -498,7 +499,7 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
             kind,
             proto,
         } => accept_one(py, fd, *family, *kind, *proto),
-        Op::Connect { address } => connect_result(py, fd, address.bind(py)),
+        Op::Connect { address, v6 } => connect_result(py, fd, address.bind(py), *v6),
         Op::SendAll { data, pos } => loop {
             let len = data.len();
             if *pos >= len {
@@ -574,7 +575,7 @@ fn accept_one(py: Python<'_>, fd: RawFd, family: i32, kind: i32, proto: i32) -> 
 
 /// How the non-blocking connect on `fd` ended (asyncio reads SO_ERROR once
 /// the socket is writable): None, or OSError(err, "Connect call failed ...").
-fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>) -> Attempt {
+fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>, v6: bool) -> Attempt {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid out-pointers of the right size.
@@ -593,7 +594,7 @@ fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>) -> Atte
     if err == 0 {
         return Attempt::Done(py.None());
     }
-    match address.str() {
+    match resolved_form(py, address, v6).and_then(|a| a.str()) {
         // OSError(errno, msg) gives the subclass, e.g. ConnectionRefusedError.
         Ok(a) => Attempt::Failed(PyOSError::new_err((
             err,
@@ -601,6 +602,26 @@ fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>) -> Atte
         ))),
         Err(e) => Attempt::Failed(e),
     }
+}
+
+/// The address as asyncio's resolution step hands it on: an IPv6 literal
+/// gets its flowinfo and scope id (0 when not given); anything else as is.
+fn resolved_form<'py>(
+    py: Python<'py>,
+    address: &Bound<'py, PyAny>,
+    v6: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(t) = address.cast::<pyo3::types::PyTuple>() else {
+        return Ok(address.clone());
+    };
+    if !v6 || t.len() >= 4 {
+        return Ok(address.clone());
+    }
+    let mut items: Vec<Bound<'py, PyAny>> = t.iter().collect();
+    while items.len() < 4 {
+        items.push(0i32.into_pyobject(py)?.into_any());
+    }
+    Ok(pyo3::types::PyTuple::new(py, items)?.into_any())
 }
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -1118,10 +1139,13 @@ pub fn _sock_accept(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResu
     attempt_or_wait(lp, sock, fd, op, false)
 }
 
-/// `sock.connect(address)` (an address already resolved by the caller): None
-/// when connected at once, else a future settled once the socket is writable
-/// (None or the OSError asyncio raises); NotImplemented: use the Python
-/// implementation (address forms this module does not convert).
+/// `sock.connect(address)`: None when connected at once, else a future
+/// settled once the socket is writable (None or the OSError asyncio raises);
+/// NotImplemented: use the Python implementation. Taken here: AF_UNIX paths,
+/// and IP literals with an int port on stream/datagram sockets, for which
+/// asyncio's resolution step (`_ipaddr_info`) calls no getaddrinfo and
+/// yields the same C address; anything needing resolution goes to Python
+/// (which calls this again with the resolved address).
 #[pyfunction]
 pub fn _sock_connect(
     lp: &Bound<'_, CoreLoop>,
@@ -1135,6 +1159,14 @@ pub fn _sock_connect(
     let Some(family) = addr_family(sock, fd) else {
         return Ok(not_implemented(py));
     };
+    if family != libc::AF_UNIX {
+        let (_, kind, proto) = socket_triple(sock)?;
+        let literal_ok = (kind == libc::SOCK_STREAM || kind == libc::SOCK_DGRAM)
+            && (proto == 0 || proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
+        if !literal_ok {
+            return Ok(not_implemented(py));
+        }
+    }
     let Some(addr) = sockaddr::from_py(family, address) else {
         return Ok(not_implemented(py));
     };
@@ -1154,6 +1186,7 @@ pub fn _sock_connect(
     note_not_ready(lp, fd, true);
     let op = Op::Connect {
         address: address.clone().unbind(),
+        v6: family == libc::AF_INET6,
     };
     wait(lp, sock, fd, op, true)
 }

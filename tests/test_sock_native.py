@@ -1159,10 +1159,14 @@ def _refused_address(kind, tmp_path):
     s.bind((host, 0))
     port = s.getsockname()[1]
     s.close()
+    if kind == "tcp_str_port":
+        return fam, (host, str(port))  # resolved (to an int port) first
     return fam, (host, port)
 
 
-@pytest.mark.parametrize("kind", ["tcp", "tcp6", "unix_missing", "unix_not_listening"])
+@pytest.mark.parametrize(
+    "kind", ["tcp", "tcp_str_port", "tcp6", "unix_missing", "unix_not_listening"]
+)
 def test_connect_refused_like_stdlib(kind, tmp_path):
     if kind == "tcp6" and not _has_ipv6():
         pytest.skip("no IPv6 loopback")
@@ -1180,7 +1184,12 @@ def test_connect_refused_like_stdlib(kind, tmp_path):
     assert std[0] == "raise"
     if kind.startswith("tcp"):
         assert std[1] is ConnectionRefusedError
-        assert std[2].endswith(f"Connect call failed {address}" if kind == "tcp" else "0, 0)")
+        if kind == "tcp":
+            assert std[2].endswith(f"Connect call failed {address}")
+        elif kind == "tcp6":
+            assert std[2].endswith(f"Connect call failed ('::1', {address[1]}, 0, 0)")
+        else:
+            assert std[2].endswith(f"Connect call failed ('127.0.0.1', {int(address[1])})")
     assert tl == std
 
 
@@ -1430,6 +1439,8 @@ def test_accept_connect_do_not_use_the_python_path(tloop, tmp_path, monkeypatch)
     monkeypatch.setattr(type(tloop), "_sock_accept_py", boom)
     monkeypatch.setattr(type(tloop), "_sock_connect_py", boom)
     monkeypatch.setattr(type(tloop), "_wait_io", boom)
+    # An IP literal needs no resolution step in Python either.
+    monkeypatch.setattr(type(tloop), "_ensure_resolved", boom)
     srv, addr = _listener("tcp", tmp_path)
     try:
 

@@ -555,8 +555,8 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
                 self.remove_reader(fd)
 
     # sock_recv, sock_recv_into, sock_sendall, sock_recvfrom,
-    # sock_recvfrom_into, sock_sendto, sock_accept and sock_connect (after
-    # the address is resolved here) run natively (src/sock_ops.rs)
+    # sock_recvfrom_into, sock_sendto, sock_accept and sock_connect run
+    # natively (src/sock_ops.rs)
     # for plain socket.socket objects: the Rust side tries the syscall and
     # returns its result, or a future it completes when the fd is ready, or
     # NotImplemented for anything else (SSL sockets, duck-typed objects,
@@ -697,18 +697,22 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return await self._wait_io(sock, True, lambda: sock.sendto(data, address))
 
     async def sock_connect(self, sock, address):
-        self._check_nonblocking(sock)
-        family = sock.family
-        if family == socket.AF_INET or (_HAS_IPV6 and family == socket.AF_INET6):
-            resolved = await self._ensure_resolved(
-                address, family=family, type=sock.type, proto=sock.proto, loop=self
-            )
-            address = resolved[0][4]
+        # Literal addresses go straight to Rust; others are resolved here
+        # first (as the stdlib's _ensure_resolved does).
         r = _sock_connect(self, sock, address)
+        if r is NotImplemented:
+            self._check_nonblocking(sock)
+            family = sock.family
+            if family == socket.AF_INET or (_HAS_IPV6 and family == socket.AF_INET6):
+                resolved = await self._ensure_resolved(
+                    address, family=family, type=sock.type, proto=sock.proto, loop=self
+                )
+                address = resolved[0][4]
+                r = _sock_connect(self, sock, address)
+            if r is NotImplemented:
+                return await self._sock_connect_py(sock, address)
         if r is None:
             return
-        if r is NotImplemented:
-            return await self._sock_connect_py(sock, address)
         try:
             return await r
         except exceptions.CancelledError:
