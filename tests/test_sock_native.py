@@ -1457,3 +1457,74 @@ def test_accept_connect_do_not_use_the_python_path(tloop, tmp_path, monkeypatch)
         _run(tloop, main())
     finally:
         srv.close()
+
+
+def test_server_and_transport_after_native_accept_connect_like_stdlib(tmp_path):
+    """A listener used by sock_accept can then serve create_server, and a
+    socket connected by sock_connect can become a transport."""
+
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        c = _client(srv)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await lp.sock_connect(c, addr)
+                conn, _ = await t
+                got = lp.create_future()
+
+                class P(asyncio.Protocol):
+                    def data_received(self, data):
+                        if not got.done():
+                            got.set_result(data)
+
+                tr, _ = await lp.create_connection(asyncio.Protocol, sock=c)
+                tr.write(b"via transport")
+                conn.setblocking(True)
+                first = conn.recv(100)
+                conn.close()
+                server = await lp.create_server(P, sock=srv)
+                c2 = _client(srv)
+                try:
+                    await lp.sock_connect(c2, addr)
+                    await lp.sock_sendall(c2, b"to server")
+                    second = await asyncio.wait_for(got, 2)
+                finally:
+                    c2.close()
+                tr.close()
+                server.close()
+                await server.wait_closed()
+                return first, second
+
+            return _run(lp, main())
+        finally:
+            c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (b"via transport", b"to server")
+    assert tl == std
+
+
+def test_accept_pending_while_listener_closed_like_stdlib(tmp_path):
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await asyncio.sleep(0.01)
+                lp.remove_reader(srv)
+                srv.close()
+                await asyncio.sleep(0.05)
+                done = t.done()
+                t.cancel()
+                return done
+
+            return _run(lp, main())
+        finally:
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std
