@@ -52,6 +52,8 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recvfrom, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recvfrom_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_sendto, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_accept, m)?)?;
+    m.add_function(wrap_pyfunction!(sock_ops::_sock_connect, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_cancel, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,4 +1,5 @@
-//! Native `sock_recv`, `sock_recv_into` and `sock_sendall`.
+//! Native `sock_recv`, `sock_recv_into`, `sock_sendall`, `sock_recvfrom`,
+//! `sock_recvfrom_into`, `sock_sendto`, `sock_accept` and `sock_connect`.
 //!
 //! The Python coroutines in `_loop.py` call these functions, which try the
 //! syscall at once and, if it would block, return a future completed from
@@ -155,13 +156,41 @@ impl Drop for PyBuf {
 }
 
 enum Op {
-    Recv { n: usize },
-    RecvInto { buf: Py<PyAny> },
-    SendAll { data: PyBuf, pos: usize },
-    RecvFrom { n: usize },
-    RecvFromInto { buf: Py<PyAny>, n: usize },
+    Recv {
+        n: usize,
+    },
+    RecvInto {
+        buf: Py<PyAny>,
+    },
+    SendAll {
+        data: PyBuf,
+        pos: usize,
+    },
+    RecvFrom {
+        n: usize,
+    },
+    RecvFromInto {
+        buf: Py<PyAny>,
+        n: usize,
+    },
     // Boxed: a sockaddr_storage would make every waiter 128 bytes bigger.
-    SendTo { data: PyBuf, addr: Box<SockAddr> },
+    SendTo {
+        data: PyBuf,
+        addr: Box<SockAddr>,
+    },
+    /// accept(2); the listening socket's family, type and proto, which the
+    /// accepted socket object gets (as socket.accept() gives it).
+    Accept {
+        family: i32,
+        kind: i32,
+        proto: i32,
+    },
+    /// The wait of a non-blocking connect(2) to `address` (kept for the
+    /// error message; `v6`: an AF_INET6 address): SO_ERROR says how it ended.
+    Connect {
+        address: Py<PyAny>,
+        v6: bool,
+    },
 }
 
 /// A pending native operation: the future to settle and what to do when the
@@ -174,8 +203,10 @@ pub struct Waiter {
 impl Waiter {
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.fut)?;
-        if let Op::RecvInto { buf } | Op::RecvFromInto { buf, .. } = &self.op {
-            visit.call(buf)?;
+        match &self.op {
+            Op::RecvInto { buf } | Op::RecvFromInto { buf, .. } => visit.call(buf)?,
+            Op::Connect { address, .. } => visit.call(address)?,
+            _ => {}
         }
         Ok(())
     }
@@ -463,6 +494,12 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
                 Err(Err(err)) => Attempt::Failed(err),
             }
         }
+        Op::Accept {
+            family,
+            kind,
+            proto,
+        } => accept_one(py, fd, *family, *kind, *proto),
+        Op::Connect { address, v6 } => connect_result(py, fd, address.bind(py), *v6),
         Op::SendAll { data, pos } => loop {
             let len = data.len();
             if *pos >= len {
@@ -494,7 +531,111 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
     }
 }
 
+/// One accept(2) on the listening `fd`: `(socket.socket, address)` as
+/// asyncio's sock_accept returns it (non-inheritable, non-blocking).
+fn accept_one(py: Python<'_>, fd: RawFd, family: i32, kind: i32, proto: i32) -> Attempt {
+    let mut from = SockAddr::empty();
+    // SOCK_CLOEXEC as the socket module does (PEP 446: not inheritable).
+    let r = retry_eintr(py, || {
+        from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `from` is a sockaddr_storage with its size in `len`.
+        unsafe { libc::accept4(fd, from.as_mut_ptr(), &mut from.len, libc::SOCK_CLOEXEC) as isize }
+    });
+    let conn_fd = match r {
+        Ok(c) => c as RawFd,
+        Err(Ok(e)) if would_block(e) => return Attempt::Again,
+        Err(Ok(e)) => return Attempt::Failed(os_error(e)),
+        Err(Err(err)) => return Attempt::Failed(err),
+    };
+    let made = (|| -> PyResult<Py<PyAny>> {
+        let ty = socket_type(py)?;
+        let conn = match ty.call1((family, kind, proto, conn_fd)) {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: the fd is ours until a socket object owns it.
+                unsafe { libc::close(conn_fd) };
+                return Err(e);
+            }
+        };
+        // From here on the object owns (and closes) the fd.
+        conn.call_method1(intern!(py, "setblocking"), (false,))?;
+        let addr = match sockaddr::to_py(py, &from) {
+            Some(a) => a?,
+            None => py.None().into_bound(py),
+        };
+        Ok(pyo3::types::PyTuple::new(py, [conn, addr])?
+            .into_any()
+            .unbind())
+    })();
+    match made {
+        Ok(t) => Attempt::Done(t),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// How the non-blocking connect on `fd` ended (asyncio reads SO_ERROR once
+/// the socket is writable): None, or OSError(err, "Connect call failed ...").
+fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>, v6: bool) -> Attempt {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Attempt::Failed(os_error(errno()));
+    }
+    if err == 0 {
+        return Attempt::Done(py.None());
+    }
+    match resolved_form(py, address, v6).and_then(|a| a.str()) {
+        // OSError(errno, msg) gives the subclass, e.g. ConnectionRefusedError.
+        Ok(a) => Attempt::Failed(PyOSError::new_err((
+            err,
+            format!("Connect call failed {a}"),
+        ))),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// The address as asyncio's resolution step hands it on: an IPv6 literal
+/// gets its flowinfo and scope id (0 when not given); anything else as is.
+fn resolved_form<'py>(
+    py: Python<'py>,
+    address: &Bound<'py, PyAny>,
+    v6: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(t) = address.cast::<pyo3::types::PyTuple>() else {
+        return Ok(address.clone());
+    };
+    if !v6 || t.len() >= 4 {
+        return Ok(address.clone());
+    }
+    let mut items: Vec<Bound<'py, PyAny>> = t.iter().collect();
+    while items.len() < 4 {
+        items.push(0i32.into_pyobject(py)?.into_any());
+    }
+    Ok(pyo3::types::PyTuple::new(py, items)?.into_any())
+}
+
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        Ok(py
+            .import("socket")?
+            .getattr("socket")?
+            .cast_into::<PyType>()?
+            .unbind())
+    })?;
+    Ok(ty.bind(py))
+}
 
 /// The fd of a plain `socket.socket`, after the stdlib's checks; None: take
 /// the Python path (anything else, e.g. ssl.SSLSocket or a duck-typed object).
@@ -512,15 +653,7 @@ fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResul
 /// Whether `sock` is exactly `socket.socket` (not a subclass that may
 /// override its methods).
 fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = sock.py();
-    let ty = SOCKET_TYPE.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-        Ok(py
-            .import("socket")?
-            .getattr("socket")?
-            .cast_into::<PyType>()?
-            .unbind())
-    })?;
-    Ok(sock.get_type().is(ty.bind(py)))
+    Ok(sock.get_type().is(socket_type(sock.py())?))
 }
 
 /// `obj.fileno()`, read straight from the object when it is a plain
@@ -817,7 +950,7 @@ fn so_domain(fd: RawFd) -> Option<i32> {
 /// module converts its addresses. Read from the object once its layout was
 /// checked against SO_DOMAIN (as `socket_fd` does for the fd): a getsockopt
 /// per call was a tenth of a datagram round trip.
-fn datagram_family(sock: &Bound<'_, PyAny>, fd: RawFd) -> Option<i32> {
+fn addr_family(sock: &Bound<'_, PyAny>, fd: RawFd) -> Option<i32> {
     let from_object = || -> Option<i32> {
         if FD_LAYOUT.load(Ordering::Relaxed) != 1 {
             return None;
@@ -871,7 +1004,7 @@ pub fn _sock_recvfrom(
     let Some(fd) = plain_socket_fd(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    if datagram_family(sock, fd).is_none() {
+    if addr_family(sock, fd).is_none() {
         return Ok(not_implemented(py));
     }
     attempt_or_wait(lp, sock, fd, Op::RecvFrom { n }, false)
@@ -909,7 +1042,7 @@ pub fn _sock_recvfrom_into(
     } else {
         nbytes
     };
-    if n > view.len() || datagram_family(sock, fd).is_none() {
+    if n > view.len() || addr_family(sock, fd).is_none() {
         return Ok(not_implemented(py));
     }
     drop(view);
@@ -934,7 +1067,7 @@ pub fn _sock_sendto(
     let Some(fd) = plain_socket_fd(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    let Some(family) = datagram_family(sock, fd) else {
+    let Some(family) = addr_family(sock, fd) else {
         return Ok(not_implemented(py));
     };
     let Some(addr) = sockaddr::from_py(family, address) else {
@@ -945,6 +1078,117 @@ pub fn _sock_sendto(
     };
     let addr = Box::new(addr);
     attempt_or_wait(lp, sock, fd, Op::SendTo { data: view, addr }, true)
+}
+
+static SOCKET_ATTRS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
+
+/// `(family, type, proto)` of a plain socket.socket as the C socket object
+/// stores them (what socket.accept() hands to the accepted socket), read
+/// through `_socket.socket`'s own descriptors: no Python-level property, no
+/// enum conversion.
+fn socket_triple(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
+    let py = sock.py();
+    let descrs = SOCKET_ATTRS.get_or_try_init(py, || -> PyResult<[Py<PyAny>; 3]> {
+        let base = py.import("_socket")?.getattr("socket")?;
+        Ok([
+            base.getattr("family")?.unbind(),
+            base.getattr("type")?.unbind(),
+            base.getattr("proto")?.unbind(),
+        ])
+    })?;
+    let get = |d: &Py<PyAny>| -> PyResult<i32> {
+        let d = d.bind(py);
+        // SAFETY: calling the descriptor's tp_descr_get slot with a live
+        // instance and its type; a new reference or NULL with an error set.
+        unsafe {
+            let tp = ffi::Py_TYPE(d.as_ptr());
+            match (*tp).tp_descr_get {
+                Some(f) => {
+                    let r = f(
+                        d.as_ptr(),
+                        sock.as_ptr(),
+                        ffi::Py_TYPE(sock.as_ptr()).cast(),
+                    );
+                    Bound::from_owned_ptr_or_err(py, r)?.extract::<i32>()
+                }
+                None => d.call_method1(intern!(py, "__get__"), (sock,))?.extract(),
+            }
+        }
+    };
+    Ok((get(&descrs[0])?, get(&descrs[1])?, get(&descrs[2])?))
+}
+
+/// `sock.accept()` with the accepted socket made non-blocking, now (a tuple)
+/// or a future of it; NotImplemented: use the Python implementation.
+#[pyfunction]
+pub fn _sock_accept(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    // Families whose addresses this module converts as the socket module does.
+    if addr_family(sock, fd).is_none() {
+        return Ok(not_implemented(py));
+    }
+    let (family, kind, proto) = socket_triple(sock)?;
+    let op = Op::Accept {
+        family,
+        kind,
+        proto,
+    };
+    attempt_or_wait(lp, sock, fd, op, false)
+}
+
+/// `sock.connect(address)`: None when connected at once, else a future
+/// settled once the socket is writable (None or the OSError asyncio raises);
+/// NotImplemented: use the Python implementation. Taken here: AF_UNIX paths,
+/// and IP literals with an int port on stream/datagram sockets, for which
+/// asyncio's resolution step (`_ipaddr_info`) calls no getaddrinfo and
+/// yields the same C address; anything needing resolution goes to Python
+/// (which calls this again with the resolved address).
+#[pyfunction]
+pub fn _sock_connect(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+    address: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = lp.py();
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(not_implemented(py));
+    };
+    let Some(family) = addr_family(sock, fd) else {
+        return Ok(not_implemented(py));
+    };
+    if family != libc::AF_UNIX {
+        let (_, kind, proto) = socket_triple(sock)?;
+        let literal_ok = (kind == libc::SOCK_STREAM || kind == libc::SOCK_DGRAM)
+            && (proto == 0 || proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
+        if !literal_ok {
+            return Ok(not_implemented(py));
+        }
+    }
+    let Some(addr) = sockaddr::from_py(family, address) else {
+        return Ok(not_implemented(py));
+    };
+    // SAFETY: `addr` is a valid address of `addr.len` bytes.
+    if unsafe { libc::connect(fd, addr.as_ptr(), addr.len) } == 0 {
+        return Ok(py.None());
+    }
+    match errno() {
+        // In progress; after EINTR it goes on in the background too (the
+        // socket module raises InterruptedError once the handlers ran).
+        libc::EINPROGRESS => {}
+        libc::EINTR => py.check_signals()?,
+        e if would_block(e) => {}
+        e => return Err(os_error(e)),
+    }
+    // Only an edge after this point says the connect has ended.
+    note_not_ready(lp, fd, true);
+    let op = Op::Connect {
+        address: address.clone().unbind(),
+        v6: family == libc::AF_INET6,
+    };
+    wait(lp, sock, fd, op, true)
 }
 
 /// Drops the waiter of a cancelled native sock_* call (its future `fut`),

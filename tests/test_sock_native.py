@@ -1040,3 +1040,491 @@ def test_datagram_ops_take_the_native_path(tloop):
         assert native._sock_recvfrom(tloop, object(), 10) is NotImplemented
     finally:
         close()
+
+
+# --------------------------------------------------------------------------
+# sock_accept / sock_connect
+# --------------------------------------------------------------------------
+
+
+def _listener(kind, tmp_path, backlog=16):
+    """A non-blocking listening socket and the address to connect to."""
+    if kind == "unix":
+        path = str(tmp_path / f"l{time.monotonic_ns()}.sock")
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+    elif kind == "tcp6":
+        srv = socket.socket(socket.AF_INET6)
+        srv.bind(("::1", 0))
+    else:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+    srv.listen(backlog)
+    srv.setblocking(False)
+    return srv, srv.getsockname()
+
+
+def _client(srv):
+    c = socket.socket(srv.family, srv.type)
+    c.setblocking(False)
+    return c
+
+
+def _describe_conn(conn, address, client):
+    """What sock_accept returned, minus what differs between runs."""
+    return (
+        type(conn),
+        conn.gettimeout(),
+        conn.getblocking(),
+        conn.get_inheritable(),
+        conn.family,
+        conn.type,
+        conn.proto,
+        address == client.getsockname(),
+        conn.getpeername() == client.getsockname(),
+        conn.getsockname() == client.getpeername(),
+    )
+
+
+def _has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("kind", ["tcp", "tcp6", "unix"])
+def test_accept_and_connect_like_stdlib(kind, tmp_path):
+    if kind == "tcp6" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    n = 8
+
+    def scen(lp):
+        srv, addr = _listener(kind, tmp_path)
+        clients = [_client(srv) for _ in range(n)]
+        try:
+
+            async def main():
+                out = []
+                # accept first (waits), then the connect completes it
+                acc = [asyncio.ensure_future(lp.sock_accept(srv)) for _ in range(1)]
+                await asyncio.sleep(0.01)
+                out.append(await lp.sock_connect(clients[0], addr))
+                conn, address = await acc[0]
+                out.append(_describe_conn(conn, address, clients[0]))
+                conn.close()
+                # connect all first, then accept them one by one (immediate)
+                for c in clients[1:]:
+                    out.append(await lp.sock_connect(c, addr))
+                await asyncio.sleep(0.01)
+                for c in clients[1:]:
+                    conn, address = await lp.sock_accept(srv)
+                    out.append(_describe_conn(conn, address, c))
+                    # the pair works
+                    await lp.sock_sendall(c, b"hi")
+                    out.append(await lp.sock_recv(conn, 10))
+                    conn.close()
+                # nothing left: a further accept waits
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await asyncio.sleep(0.01)
+                out.append(t.done())
+                t.cancel()
+                return out
+
+            return _run(lp, main())
+        finally:
+            for c in clients:
+                c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0] is None and std[1][0] is socket.socket
+    assert std[1][1:4] == (0.0, False, False)
+    assert tl == std
+
+
+def _refused_address(kind, tmp_path):
+    if kind == "unix_missing":
+        return socket.AF_UNIX, str(tmp_path / "missing.sock")
+    if kind == "unix_not_listening":
+        path = str(tmp_path / f"nl{time.monotonic_ns()}.sock")
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()
+        return socket.AF_UNIX, path
+    fam, host = (socket.AF_INET6, "::1") if kind == "tcp6" else (socket.AF_INET, "127.0.0.1")
+    s = socket.socket(fam)
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    if kind == "tcp_str_port":
+        return fam, (host, str(port))  # resolved (to an int port) first
+    return fam, (host, port)
+
+
+@pytest.mark.parametrize(
+    "kind", ["tcp", "tcp_str_port", "tcp6", "unix_missing", "unix_not_listening"]
+)
+def test_connect_refused_like_stdlib(kind, tmp_path):
+    if kind == "tcp6" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    family, address = _refused_address(kind, tmp_path)
+
+    def scen(lp):
+        c = socket.socket(family)
+        c.setblocking(False)
+        try:
+            return outcome(_run, lp, lp.sock_connect(c, address))
+        finally:
+            c.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std[0] == "raise"
+    if kind.startswith("tcp"):
+        assert std[1] is ConnectionRefusedError
+        if kind == "tcp":
+            assert std[2].endswith(f"Connect call failed {address}")
+        elif kind == "tcp6":
+            assert std[2].endswith(f"Connect call failed ('::1', {address[1]}, 0, 0)")
+        else:
+            assert std[2].endswith(f"Connect call failed ('127.0.0.1', {int(address[1])})")
+    assert tl == std
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "accept_not_listening",
+        "accept_closed",
+        "accept_ssl",
+        "accept_not_a_socket",
+        "accept_blocking_debug",
+        "connect_closed",
+        "connect_ssl",
+        "connect_not_a_socket",
+        "connect_bad_port",
+        "connect_bad_host_type",
+        "connect_unix_too_long",
+        "connect_unix_not_a_path",
+        "connect_blocking_debug",
+        "connect_already_connected",
+    ],
+)
+def test_accept_connect_bad_arguments_like_stdlib(call, tmp_path):
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        sock = socket.socket()
+        sock.setblocking(False)
+        extra = []
+        try:
+            if call.endswith("closed"):
+                sock.close()
+            if call.endswith("ssl"):
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                sock = ctx.wrap_socket(socket.socket(), do_handshake_on_connect=False)
+                extra.append(sock)
+            if call.endswith("not_a_socket"):
+                sock = object()
+            if call.endswith("debug"):
+                lp.set_debug(True)
+                sock.setblocking(True)
+                srv.setblocking(True)
+            if call.startswith("connect_unix"):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.setblocking(False)
+                extra.append(sock)
+            coro = {
+                "accept_not_listening": lambda: lp.sock_accept(sock),
+                "accept_closed": lambda: lp.sock_accept(sock),
+                "accept_ssl": lambda: lp.sock_accept(sock),
+                "accept_not_a_socket": lambda: lp.sock_accept(sock),
+                "accept_blocking_debug": lambda: lp.sock_accept(srv),
+                "connect_closed": lambda: lp.sock_connect(sock, addr),
+                "connect_ssl": lambda: lp.sock_connect(sock, addr),
+                "connect_not_a_socket": lambda: lp.sock_connect(sock, addr),
+                "connect_bad_port": lambda: lp.sock_connect(sock, ("127.0.0.1", 70000)),
+                "connect_bad_host_type": lambda: lp.sock_connect(sock, (1.5, addr[1])),
+                "connect_unix_too_long": lambda: lp.sock_connect(sock, "/tmp/" + "x" * 200),
+                "connect_unix_not_a_path": lambda: lp.sock_connect(sock, 42),
+                "connect_blocking_debug": lambda: lp.sock_connect(sock, addr),
+                "connect_already_connected": lambda: lp.sock_connect(sock, addr),
+            }[call]
+            if call == "connect_already_connected":
+                _run(lp, lp.sock_connect(sock, addr))
+            return outcome(_run, lp, coro())
+        finally:
+            for s in [sock, srv, *extra]:
+                if hasattr(s, "close"):
+                    s.close()
+
+    std, tl = run_scenario_on_both(scen)
+    if call == "connect_already_connected":
+        # Linux: a second connect() after a completed non-blocking one succeeds.
+        assert std == ("ok", None) or std[0] == "raise"
+    else:
+        assert std[0] == "raise"
+    assert tl == std
+
+
+def test_cancelled_accept_unwatches_fd_like_stdlib(tmp_path):
+    """A cancelled sock_accept accepts nothing; remove_reader then finds no
+    reader, add_reader works and sees the next connection."""
+
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        c = _client(srv)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await asyncio.sleep(0.01)
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                removed = lp.remove_reader(srv)
+                seen = lp.create_future()
+                lp.add_reader(srv, lambda: seen.done() or seen.set_result("readable"))
+                await lp.sock_connect(c, addr)
+                got = await asyncio.wait_for(seen, 2)
+                still = lp.remove_reader(srv)
+                conn, _ = srv.accept()  # the connection was left for us
+                conn.close()
+                # and a native accept afterwards still works
+                c2 = _client(srv)
+                try:
+                    t = asyncio.ensure_future(lp.sock_accept(srv))
+                    await lp.sock_connect(c2, addr)
+                    conn, address = await t
+                    conn.close()
+                    return removed, got, still, address == c2.getsockname()
+                finally:
+                    c2.close()
+
+            return _run(lp, main())
+        finally:
+            c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (False, "readable", True, True)
+    assert tl == std
+
+
+def test_cancelled_connect_unwatches_fd_like_stdlib(tmp_path):
+    """A sock_connect still in progress (the listener's queue is full, so the
+    SYN is dropped) is cancelled: remove_writer finds no writer, add_writer
+    works and fires once the connection completes."""
+
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path, backlog=0)
+        fillers = []
+        c = _client(srv)
+        try:
+
+            async def main():
+                # Fill the accept queue so a further SYN is dropped.
+                for _ in range(4):
+                    f = _client(srv)
+                    fillers.append(f)
+                    try:
+                        f.connect(addr)
+                    except BlockingIOError:
+                        pass
+                await asyncio.sleep(0.05)
+                t = asyncio.ensure_future(lp.sock_connect(c, addr))
+                await asyncio.sleep(0.05)
+                pending = not t.done()
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                removed = lp.remove_writer(c)
+                seen = lp.create_future()
+                lp.add_writer(c, lambda: seen.done() or seen.set_result("writable"))
+                # Drain the queue: the SYN retransmission (1s) gets through.
+                deadline = time.monotonic() + 4
+                while not seen.done() and time.monotonic() < deadline:
+                    try:
+                        conn, _ = srv.accept()
+                        conn.close()
+                    except BlockingIOError:
+                        pass
+                    await asyncio.sleep(0.02)
+                got = seen.result() if seen.done() else "timeout"
+                still = lp.remove_writer(c)
+                return pending, removed, got, still, c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+            return _run(lp, main(), timeout=10)
+        finally:
+            for f in fillers:
+                f.close()
+            c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    if not std[0]:
+        pytest.skip("this kernel did not leave the connect in progress")
+    assert std == (True, False, "writable", True, 0)
+    assert tl == std
+
+
+def test_accept_connect_debug_mode_like_stdlib(tmp_path):
+    def scen(lp):
+        lp.set_debug(True)
+        srv, addr = _listener("unix", tmp_path)
+        c = _client(srv)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await lp.sock_connect(c, addr)
+                conn, address = await t
+                conn.close()
+                return address
+
+            return _run(lp, main())
+        finally:
+            c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == ""
+    assert tl == std
+
+
+def test_accept_connect_take_the_native_path(tloop, tmp_path):
+    """Plain sockets with IP-literal/path addresses are served by Rust; other
+    objects and unconverted addresses are left to the Python path."""
+    from tokioloop import _tokioloop as native
+
+    srv, addr = _listener("tcp", tmp_path)
+    c = _client(srv)
+    try:
+        fut = native._sock_accept(tloop, srv)
+        assert isinstance(fut, asyncio.Future) and not fut.done()
+        native._sock_cancel(tloop, srv, fut)
+        fut.cancel()
+        r = native._sock_connect(tloop, c, addr)
+        assert r is None or isinstance(r, asyncio.Future)
+        if r is not None:
+            native._sock_cancel(tloop, c, r)
+            r.cancel()
+        time.sleep(0.05)
+        conn, address = native._sock_accept(tloop, srv)
+        assert type(conn) is socket.socket and conn.gettimeout() == 0.0
+        assert address == c.getsockname()
+        conn.close()
+        c2 = _client(srv)
+        try:
+            assert native._sock_connect(tloop, c2, ("localhost", addr[1])) is NotImplemented
+            assert native._sock_connect(tloop, c2, [addr[0], addr[1]]) is NotImplemented
+        finally:
+            c2.close()
+        assert native._sock_accept(tloop, object()) is NotImplemented
+        assert native._sock_connect(tloop, object(), addr) is NotImplemented
+    finally:
+        c.close()
+        srv.close()
+
+
+def test_accept_connect_do_not_use_the_python_path(tloop, tmp_path, monkeypatch):
+    """loop.sock_accept / sock_connect on plain sockets never reach the
+    Python fallbacks (which would take add_reader/add_writer handles)."""
+
+    def boom(*a, **k):
+        raise AssertionError("Python path taken")
+
+    monkeypatch.setattr(type(tloop), "_sock_accept_py", boom)
+    monkeypatch.setattr(type(tloop), "_sock_connect_py", boom)
+    monkeypatch.setattr(type(tloop), "_wait_io", boom)
+    # An IP literal needs no resolution step in Python either.
+    monkeypatch.setattr(type(tloop), "_ensure_resolved", boom)
+    srv, addr = _listener("tcp", tmp_path)
+    try:
+
+        async def main():
+            for _ in range(20):
+                c = _client(srv)
+                t = asyncio.ensure_future(tloop.sock_accept(srv))
+                await tloop.sock_connect(c, addr)
+                conn, address = await t
+                assert address == c.getsockname()
+                conn.close()
+                c.close()
+
+        _run(tloop, main())
+    finally:
+        srv.close()
+
+
+def test_server_and_transport_after_native_accept_connect_like_stdlib(tmp_path):
+    """A listener used by sock_accept can then serve create_server, and a
+    socket connected by sock_connect can become a transport."""
+
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        c = _client(srv)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await lp.sock_connect(c, addr)
+                conn, _ = await t
+                got = lp.create_future()
+
+                class P(asyncio.Protocol):
+                    def data_received(self, data):
+                        if not got.done():
+                            got.set_result(data)
+
+                tr, _ = await lp.create_connection(asyncio.Protocol, sock=c)
+                tr.write(b"via transport")
+                conn.setblocking(True)
+                first = conn.recv(100)
+                conn.close()
+                server = await lp.create_server(P, sock=srv)
+                c2 = _client(srv)
+                try:
+                    await lp.sock_connect(c2, addr)
+                    await lp.sock_sendall(c2, b"to server")
+                    second = await asyncio.wait_for(got, 2)
+                finally:
+                    c2.close()
+                tr.close()
+                server.close()
+                await server.wait_closed()
+                return first, second
+
+            return _run(lp, main())
+        finally:
+            c.close()
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert std == (b"via transport", b"to server")
+    assert tl == std
+
+
+def test_accept_pending_while_listener_closed_like_stdlib(tmp_path):
+    def scen(lp):
+        srv, addr = _listener("tcp", tmp_path)
+        try:
+
+            async def main():
+                t = asyncio.ensure_future(lp.sock_accept(srv))
+                await asyncio.sleep(0.01)
+                lp.remove_reader(srv)
+                srv.close()
+                await asyncio.sleep(0.05)
+                done = t.done()
+                t.cancel()
+                return done
+
+            return _run(lp, main())
+        finally:
+            srv.close()
+
+    std, tl = run_scenario_on_both(scen)
+    assert tl == std

@@ -27,7 +27,9 @@ from ._net import NetworkMixin
 from ._subprocess import SubprocessMixin
 from ._tokioloop import CoreLoop, Handle
 from ._tokioloop import (
+    _sock_accept,
     _sock_cancel,
+    _sock_connect,
     _sock_recv,
     _sock_recv_into,
     _sock_recvfrom,
@@ -35,6 +37,8 @@ from ._tokioloop import (
     _sock_sendall,
     _sock_sendto,
 )
+
+_HAS_IPV6 = hasattr(socket, "AF_INET6")
 
 _SSLSocket = None
 try:
@@ -57,24 +61,6 @@ def _run_until_complete_cb(fut):
 def _check_plain_socket(sock):
     if _SSLSocket is not None and isinstance(sock, _SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
-
-
-def _is_ip_literal(host):
-    if not isinstance(host, (str, bytes)):
-        return False
-    if isinstance(host, bytes):
-        try:
-            host = host.decode("idna")
-        except UnicodeError:
-            return False
-    host = host.partition("%")[0]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except (OSError, ValueError):
-            pass
-    return False
 
 
 class _Again:
@@ -569,7 +555,8 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
                 self.remove_reader(fd)
 
     # sock_recv, sock_recv_into, sock_sendall, sock_recvfrom,
-    # sock_recvfrom_into and sock_sendto run natively (src/sock_ops.rs)
+    # sock_recvfrom_into, sock_sendto, sock_accept and sock_connect run
+    # natively (src/sock_ops.rs)
     # for plain socket.socket objects: the Rust side tries the syscall and
     # returns its result, or a future it completes when the fd is ready, or
     # NotImplemented for anything else (SSL sockets, duck-typed objects,
@@ -710,17 +697,32 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
         return await self._wait_io(sock, True, lambda: sock.sendto(data, address))
 
     async def sock_connect(self, sock, address):
-        self._check_nonblocking(sock)
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not (
-            isinstance(address, tuple) and len(address) >= 2 and _is_ip_literal(address[0])
-        ):
-            host, port = address[:2]
-            infos = await self.getaddrinfo(
-                host, port, family=sock.family, type=sock.type, proto=sock.proto
-            )
-            if not infos:
-                raise OSError(f"getaddrinfo({host!r}) returned empty list")
-            address = infos[0][4]
+        # Literal addresses go straight to Rust; others are resolved here
+        # first (as the stdlib's _ensure_resolved does).
+        r = _sock_connect(self, sock, address)
+        if r is NotImplemented:
+            self._check_nonblocking(sock)
+            family = sock.family
+            if family == socket.AF_INET or (_HAS_IPV6 and family == socket.AF_INET6):
+                resolved = await self._ensure_resolved(
+                    address, family=family, type=sock.type, proto=sock.proto, loop=self
+                )
+                address = resolved[0][4]
+                r = _sock_connect(self, sock, address)
+            if r is NotImplemented:
+                return await self._sock_connect_py(sock, address)
+        if r is None:
+            return
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+        finally:
+            r = None  # break the reference cycle through the traceback
+
+    async def _sock_connect_py(self, sock, address):
+        sock.fileno()  # the stdlib asks first: its error for odd objects
         try:
             sock.connect(address)
             return
@@ -742,7 +744,20 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
             fut = None  # break the reference cycle through the traceback
 
     async def sock_accept(self, sock):
+        r = _sock_accept(self, sock)
+        if type(r) is tuple:
+            return r
+        if r is NotImplemented:
+            return await self._sock_accept_py(sock)
+        try:
+            return await r
+        except exceptions.CancelledError:
+            _sock_cancel(self, sock, r)
+            raise
+
+    async def _sock_accept_py(self, sock):
         self._check_nonblocking(sock)
+        sock.fileno()  # the stdlib asks first: its error for odd objects
 
         def attempt():
             conn, address = sock.accept()

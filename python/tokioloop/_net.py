@@ -119,7 +119,8 @@ def _literal_addrinfo(host, port, family, type, proto, flowinfo=0, scopeid=0):
         families = (family,)
     if isinstance(host, bytes):
         host = host.decode("idna")
-    if not isinstance(host, str) or "%" in host:
+    # A non-string host raises TypeError here, as in the stdlib.
+    if "%" in host:
         return None
     for fam in families:
         try:
