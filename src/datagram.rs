@@ -27,18 +27,18 @@ use crate::sock_ops::{errno, fileno_of, os_error};
 use crate::sockaddr::{self, SockAddr};
 use crate::stream::own_method;
 use crate::stream::{notify_flow_control, ByteView, MAX_READ, READ_BUF};
+use crate::transport_common::{self, DEFAULT_HIGH_WATER};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const READ_ERROR: &str = "Fatal read error on datagram transport";
 const WRITE_ERROR: &str = "Fatal write error on datagram transport";
 /// Most datagrams handed to the protocol per readiness event (see `_read_ready`).
@@ -225,26 +225,16 @@ impl DatagramTransport {
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?.unbind();
-        let exc = exc.unwrap_or_else(|| py.None());
-        let args = PyTuple::new(py, [exc])?.unbind();
-        slf.get().core.get().schedule(py, cb, args)
+        transport_common::schedule_connection_lost(slf.get().core.get(), slf.as_any(), exc)
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if pyhelpers::is_exit_exception(py, &exc) {
-            return Err(exc);
-        }
-        let protocol = slf.get().protocol(py);
-        let exc_obj = exc.into_value(py).into_any();
-        pyhelpers::transport_fatal_error(
-            py,
+        let exc_obj = transport_common::report_fatal_error(
             slf.get().loop_obj.bind(py),
             slf.as_any(),
-            protocol,
-            exc_obj.clone_ref(py),
+            || slf.get().protocol(py),
+            exc,
             message,
         )?;
         Self::force_close(slf, Some(exc_obj))
@@ -805,22 +795,11 @@ impl DatagramTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, Some(l)) => 4 * l,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-        };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = transport_common::water_marks(high, low)?;
         {
-            let mut inner = slf.get().inner.borrow_mut(py);
-            inner.high = high as usize;
-            inner.low = low as usize;
+            let mut inner = slf.get().inner.borrow_mut(slf.py());
+            inner.high = high;
+            inner.low = low;
         }
         Self::flow_control(slf, true)
     }
@@ -838,12 +817,7 @@ impl DatagramTransport {
             .extra
             .as_ref()
             .map(|e| e.clone_ref(py));
-        if let Some(extra) = extra {
-            if let Some(v) = extra.bind(py).get_item(name)? {
-                return Ok(v.unbind());
-            }
-        }
-        Ok(default.unwrap_or_else(|| py.None()))
+        transport_common::extra_info(py, extra, name, default)
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
@@ -918,15 +892,7 @@ impl DatagramTransport {
             )
         };
         drop(dropped);
-        let exc = exc.filter(|e| !e.is_none(py));
-        let res = match &protocol {
-            Some(p) => pyhelpers::guarded(|| {
-                p.bind(py)
-                    .call_method1(intern!(py, "connection_lost"), (exc,))
-                    .map(|_| ())
-            }),
-            None => Ok(()),
-        };
+        let res = transport_common::call_connection_lost(py, protocol.as_ref(), exc);
         // Whatever the protocol did, the socket is closed.
         let core = this.core.get();
         core.unregister_transport(py, this.fd, slf.as_any());

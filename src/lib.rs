@@ -22,6 +22,7 @@ mod sock_ops;
 mod sockaddr;
 mod stream;
 mod timers;
+mod transport_common;
 mod write_buf;
 
 use pyo3::prelude::*;

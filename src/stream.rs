@@ -11,6 +11,7 @@ use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
 use crate::handles::NativeFn;
 use crate::pyhelpers;
+use crate::transport_common::{self, DEFAULT_HIGH_WATER};
 use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -29,7 +30,6 @@ use std::os::fd::RawFd;
 /// The stdlib reads at most this much per readiness event.
 pub(crate) const MAX_READ: usize = 256 * 1024;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MAX_IOVECS: usize = 64;
 /// Most a read pipe hands to data_received() at once (as the stdlib's reads).
 const PIPE_READ_CHUNK: usize = MAX_READ;
@@ -554,28 +554,18 @@ impl StreamTransport {
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?.unbind();
-        let exc = exc.unwrap_or_else(|| py.None());
-        let args = PyTuple::new(py, [exc])?.unbind();
-        slf.get().core(py).schedule(py, cb, args)
+        transport_common::schedule_connection_lost(slf.get().core(slf.py()), slf.as_any(), exc)
     }
 
     /// Error path shared by reads and writes: report as the stdlib does, then
     /// drop the connection (connection_lost follows on the next iteration).
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if pyhelpers::is_exit_exception(py, &exc) {
-            return Err(exc);
-        }
-        let protocol = slf.get().protocol(py);
-        let exc_obj = exc.into_value(py).into_any();
-        pyhelpers::transport_fatal_error(
-            py,
+        let exc_obj = transport_common::report_fatal_error(
             slf.get().loop_obj.bind(py),
             slf.as_any(),
-            protocol,
-            exc_obj.clone_ref(py),
+            || slf.get().protocol(py),
+            exc,
             message,
         )?;
         Self::force_close(slf, Some(exc_obj))
@@ -1582,22 +1572,11 @@ impl StreamTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, Some(l)) => 4 * l,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-        };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = transport_common::water_marks(high, low)?;
         {
-            let mut inner = slf.get().inner.borrow_mut(py);
-            inner.high = high as usize;
-            inner.low = low as usize;
+            let mut inner = slf.get().inner.borrow_mut(slf.py());
+            inner.high = high;
+            inner.low = low;
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -1624,12 +1603,7 @@ impl StreamTransport {
             .extra
             .as_ref()
             .map(|e| e.clone_ref(py));
-        if let Some(extra) = extra {
-            if let Some(v) = extra.bind(py).get_item(name)? {
-                return Ok(v.unbind());
-            }
-        }
-        Ok(default.unwrap_or_else(|| py.None()))
+        transport_common::extra_info(py, extra, name, default)
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -1723,15 +1697,7 @@ impl StreamTransport {
             )
         };
         this.resolve_flush_waiters(py, Some("Connection is closed by peer"))?;
-        let exc = exc.filter(|e| !e.is_none(py));
-        let res = match &protocol {
-            Some(p) => pyhelpers::guarded(|| {
-                p.bind(py)
-                    .call_method1(intern!(py, "connection_lost"), (exc,))
-                    .map(|_| ())
-            }),
-            None => Ok(()),
-        };
+        let res = transport_common::call_connection_lost(py, protocol.as_ref(), exc);
         // Whatever the protocol did, the socket is closed and the server told.
         this.core(py)
             .unregister_transport(py, this.fd, slf.as_any());
