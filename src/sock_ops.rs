@@ -650,6 +650,30 @@ fn plain_socket_fd(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResul
     Ok(socket_fd(sock)?.and_then(|fd| RawFd::try_from(fd).ok()))
 }
 
+/// The fd and address family of a plain `socket.socket` whose addresses this
+/// module converts (`plain_socket_fd`, then `addr_family`); None: take the
+/// Python path.
+#[inline]
+fn plain_socket_family(
+    lp: &Bound<'_, CoreLoop>,
+    sock: &Bound<'_, PyAny>,
+) -> PyResult<Option<(RawFd, i32)>> {
+    let Some(fd) = plain_socket_fd(lp, sock)? else {
+        return Ok(None);
+    };
+    Ok(addr_family(sock, fd).map(|family| (fd, family)))
+}
+
+/// A size argument that is exactly an int in usize range; None: let the
+/// Python implementation take it (and raise the socket module's error).
+#[inline]
+fn exact_usize(n: &Bound<'_, PyAny>) -> Option<usize> {
+    if !n.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    n.extract::<usize>().ok()
+}
+
 /// Whether `sock` is exactly `socket.socket` (not a subclass that may
 /// override its methods).
 fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -837,10 +861,7 @@ pub fn _sock_recv(
     n: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    if !n.is_exact_instance_of::<PyInt>() {
-        return Ok(not_implemented(py));
-    }
-    let Ok(n) = n.extract::<usize>() else {
+    let Some(n) = exact_usize(n) else {
         return Ok(not_implemented(py));
     };
     let Some(fd) = plain_socket_fd(lp, sock)? else {
@@ -995,18 +1016,12 @@ pub fn _sock_recvfrom(
     n: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    if !n.is_exact_instance_of::<PyInt>() {
-        return Ok(not_implemented(py));
-    }
-    let Ok(n) = n.extract::<usize>() else {
+    let Some(n) = exact_usize(n) else {
         return Ok(not_implemented(py));
     };
-    let Some(fd) = plain_socket_fd(lp, sock)? else {
+    let Some((fd, _)) = plain_socket_family(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    if addr_family(sock, fd).is_none() {
-        return Ok(not_implemented(py));
-    }
     attempt_or_wait(lp, sock, fd, Op::RecvFrom { n }, false)
 }
 
@@ -1021,10 +1036,7 @@ pub fn _sock_recvfrom_into(
     nbytes: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    if !nbytes.is_exact_instance_of::<PyInt>() {
-        return Ok(not_implemented(py));
-    }
-    let Ok(nbytes) = nbytes.extract::<usize>() else {
+    let Some(nbytes) = exact_usize(nbytes) else {
         return Ok(not_implemented(py));
     };
     let Some(fd) = plain_socket_fd(lp, sock)? else {
@@ -1064,10 +1076,7 @@ pub fn _sock_sendto(
     address: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    let Some(fd) = plain_socket_fd(lp, sock)? else {
-        return Ok(not_implemented(py));
-    };
-    let Some(family) = addr_family(sock, fd) else {
+    let Some((fd, family)) = plain_socket_family(lp, sock)? else {
         return Ok(not_implemented(py));
     };
     let Some(addr) = sockaddr::from_py(family, address) else {
@@ -1123,13 +1132,10 @@ fn socket_triple(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
 #[pyfunction]
 pub fn _sock_accept(lp: &Bound<'_, CoreLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    let Some(fd) = plain_socket_fd(lp, sock)? else {
+    // Only families whose addresses this module converts as the socket module does.
+    let Some((fd, _)) = plain_socket_family(lp, sock)? else {
         return Ok(not_implemented(py));
     };
-    // Families whose addresses this module converts as the socket module does.
-    if addr_family(sock, fd).is_none() {
-        return Ok(not_implemented(py));
-    }
     let (family, kind, proto) = socket_triple(sock)?;
     let op = Op::Accept {
         family,
@@ -1153,10 +1159,7 @@ pub fn _sock_connect(
     address: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = lp.py();
-    let Some(fd) = plain_socket_fd(lp, sock)? else {
-        return Ok(not_implemented(py));
-    };
-    let Some(family) = addr_family(sock, fd) else {
+    let Some((fd, family)) = plain_socket_family(lp, sock)? else {
         return Ok(not_implemented(py));
     };
     if family != libc::AF_UNIX {
