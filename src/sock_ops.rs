@@ -241,6 +241,19 @@ enum Attempt {
     Failed(PyErr),
 }
 
+impl Attempt {
+    /// A failed syscall as `retry_eintr` reports it: errno (Ok), EAGAIN
+    /// meaning "not ready", or a signal handler's exception (Err).
+    #[inline]
+    fn from_error(err: Result<i32, PyErr>) -> Self {
+        match err {
+            Ok(e) if would_block(e) => Attempt::Again,
+            Ok(e) => Attempt::Failed(os_error(e)),
+            Err(err) => Attempt::Failed(err),
+        }
+    }
+}
+
 /// recv(2) into a fresh bytes object of the exact size (see COPY_MAX).
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> RecvResult<'_> {
     if n == 0 {
@@ -405,39 +418,25 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
                 let _ = (stream, k);
                 Attempt::Done(b.into_any().unbind())
             }
-            Err(Ok(e)) if would_block(e) => Attempt::Again,
-            Err(Ok(e)) => Attempt::Failed(os_error(e)),
-            Err(Err(err)) => Attempt::Failed(err),
+            Err(err) => Attempt::from_error(err),
         },
         Op::RecvInto { buf } => {
             let view = match PyBuf::get(buf.bind(py), true) {
                 Ok(v) => v,
                 Err(e) => return Attempt::Failed(e),
             };
-            loop {
-                // SAFETY: the export keeps `len` writable bytes at `ptr` alive.
-                let r =
-                    unsafe { libc::recv(fd, view.ptr().cast(), view.len(), libc::MSG_DONTWAIT) };
-                if r >= 0 {
-                    return Attempt::Done(PyInt::new(py, r).into_any().unbind());
-                }
-                let e = errno();
-                if would_block(e) {
-                    return Attempt::Again;
-                }
-                if e != libc::EINTR {
-                    return Attempt::Failed(os_error(e));
-                }
-                if let Err(err) = py.check_signals() {
-                    return Attempt::Failed(err);
-                }
+            // SAFETY: the export keeps `len` writable bytes at `ptr` alive.
+            let r = retry_eintr(py, || unsafe {
+                libc::recv(fd, view.ptr().cast(), view.len(), libc::MSG_DONTWAIT)
+            });
+            match r {
+                Ok(k) => Attempt::Done(PyInt::new(py, k).into_any().unbind()),
+                Err(err) => Attempt::from_error(err),
             }
         }
         Op::RecvFrom { n } => match recvfrom_bytes(py, fd, *n) {
             Ok(r) => Attempt::Done(r.unbind()),
-            Err(Ok(e)) if would_block(e) => Attempt::Again,
-            Err(Ok(e)) => Attempt::Failed(os_error(e)),
-            Err(Err(err)) => Attempt::Failed(err),
+            Err(err) => Attempt::from_error(err),
         },
         Op::RecvFromInto { buf, n } => {
             let view = match PyBuf::get(buf.bind(py), true) {
@@ -467,9 +466,7 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
                     Ok(t) => Attempt::Done(t.unbind()),
                     Err(e) => Attempt::Failed(e),
                 },
-                Err(Ok(e)) if would_block(e) => Attempt::Again,
-                Err(Ok(e)) => Attempt::Failed(os_error(e)),
-                Err(Err(err)) => Attempt::Failed(err),
+                Err(err) => Attempt::from_error(err),
             }
         }
         Op::SendTo { data, addr } => {
@@ -489,9 +486,7 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
             });
             match r {
                 Ok(k) => Attempt::Done(PyInt::new(py, k).into_any().unbind()),
-                Err(Ok(e)) if would_block(e) => Attempt::Again,
-                Err(Ok(e)) => Attempt::Failed(os_error(e)),
-                Err(Err(err)) => Attempt::Failed(err),
+                Err(err) => Attempt::from_error(err),
             }
         }
         Op::Accept {
@@ -506,26 +501,21 @@ fn attempt(py: Python<'_>, fd: RawFd, op: &mut Op, stream: bool) -> Attempt {
                 return Attempt::Done(py.None());
             }
             let rest = len - *pos;
+            // SAFETY: `*pos < len`: inside the export.
+            let from = unsafe { data.ptr().add(*pos) };
             // SAFETY: the export keeps `len` readable bytes at `ptr` alive.
-            let r =
-                unsafe { libc::send(fd, data.ptr().add(*pos).cast(), rest, libc::MSG_DONTWAIT) };
-            if r >= 0 {
-                *pos += r as usize;
-                if *pos < len && stream {
-                    // The send buffer is full: an edge comes when it drains.
-                    return Attempt::Again;
+            let r = retry_eintr(py, || unsafe {
+                libc::send(fd, from.cast(), rest, libc::MSG_DONTWAIT)
+            });
+            match r {
+                Ok(k) => {
+                    *pos += k;
+                    if *pos < len && stream {
+                        // The send buffer is full: an edge comes when it drains.
+                        return Attempt::Again;
+                    }
                 }
-                continue;
-            }
-            let e = errno();
-            if would_block(e) {
-                return Attempt::Again;
-            }
-            if e != libc::EINTR {
-                return Attempt::Failed(os_error(e));
-            }
-            if let Err(err) = py.check_signals() {
-                return Attempt::Failed(err);
+                Err(err) => return Attempt::from_error(err),
             }
         },
     }
@@ -543,9 +533,7 @@ fn accept_one(py: Python<'_>, fd: RawFd, family: i32, kind: i32, proto: i32) -> 
     });
     let conn_fd = match r {
         Ok(c) => c as RawFd,
-        Err(Ok(e)) if would_block(e) => return Attempt::Again,
-        Err(Ok(e)) => return Attempt::Failed(os_error(e)),
-        Err(Err(err)) => return Attempt::Failed(err),
+        Err(err) => return Attempt::from_error(err),
     };
     let made = (|| -> PyResult<Py<PyAny>> {
         let ty = socket_type(py)?;
