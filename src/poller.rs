@@ -788,19 +788,7 @@ fn is_owner(py: Python<'_>, owner: &Py<PyAny>, sock: &Bound<'_, PyAny>) -> bool 
 }
 
 fn sock_is_stream(fd: RawFd) -> bool {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `ty`/`len` are valid out-parameters of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && ty == libc::SOCK_STREAM
+    crate::sock_ops::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
 }
 
 impl Poller {

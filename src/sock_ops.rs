@@ -222,6 +222,31 @@ pub(crate) fn os_error(errno: i32) -> PyErr {
     PyOSError::new_err((errno, msg))
 }
 
+/// An int socket option of `fd` (getsockopt(2)), or the errno of the failure.
+pub(crate) fn sockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Result<libc::c_int, i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(errno())
+    }
+}
+
 pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -564,21 +589,10 @@ fn accept_one(py: Python<'_>, fd: RawFd, family: i32, kind: i32, proto: i32) -> 
 /// How the non-blocking connect on `fd` ended (asyncio reads SO_ERROR once
 /// the socket is writable): None, or OSError(err, "Connect call failed ...").
 fn connect_result(py: Python<'_>, fd: RawFd, address: &Bound<'_, PyAny>, v6: bool) -> Attempt {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    let err = match sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Ok(v) => v,
+        Err(e) => return Attempt::Failed(os_error(e)),
     };
-    if rc != 0 {
-        return Attempt::Failed(os_error(errno()));
-    }
     if err == 0 {
         return Attempt::Done(py.None());
     }
@@ -940,19 +954,7 @@ pub fn _sock_sendall(
 static FAMILY_LAYOUT: AtomicU8 = AtomicU8::new(0);
 
 fn so_domain(fd: RawFd) -> Option<i32> {
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(domain)
+    sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()
 }
 
 /// The address family of the plain socket.socket `sock` (on `fd`), if this

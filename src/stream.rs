@@ -11,6 +11,7 @@ use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
 use crate::handles::NativeFn;
 use crate::pyhelpers;
+use crate::sock_ops::sockopt_int;
 use crate::transport_common::{self, DEFAULT_HIGH_WATER};
 use crate::write_buf::{self, WriteBuf};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -1936,34 +1937,13 @@ fn native_write_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 fn set_nodelay_if_tcp(fd: RawFd) {
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid out-pointers of the right size.
-    let ok = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    let Ok(domain) = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) else {
+        return;
     };
-    if ok < 0 || (domain != libc::AF_INET && domain != libc::AF_INET6) {
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
         return;
     }
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above.
-    let ok = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ok < 0 || ty != libc::SOCK_STREAM {
+    if sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Ok(libc::SOCK_STREAM) {
         return;
     }
     let one: libc::c_int = 1;
