@@ -11,7 +11,7 @@ use crate::handles::Args;
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::{PyString, PyTuple, PyType};
 use pyo3::Borrowed;
 use pyo3::PyTypeInfo;
 use std::ffi::CStr;
@@ -533,24 +533,33 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
                 }),
         );
     for def in defs {
-        let name = def.ml_name;
-        // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
-        let def = Box::leak(Box::new(def));
-        // SAFETY: a valid type object and a 'static method definition.
-        let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
-        if descr.is_null() {
+        set_type_method(&ty, def)?;
+    }
+    Ok(())
+}
+
+/// Puts a method descriptor for `def` in the type's own dict under
+/// `def.ml_name` (replacing PyO3's), then tells CPython its caches are stale.
+/// `ml_name` and `ml_doc` must point to memory that lives for ever.
+pub(crate) fn set_type_method(ty: &Bound<'_, PyType>, def: ffi::PyMethodDef) -> PyResult<()> {
+    let py = ty.py();
+    let name = def.ml_name;
+    // The descriptor keeps a pointer to its PyMethodDef for ever: leak it on purpose.
+    let def = Box::leak(Box::new(def));
+    // SAFETY: a valid type object and a 'static method definition.
+    let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
+    if descr.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `descr` is a new reference we own.
+    let descr = unsafe { Bound::from_owned_ptr(py, descr) };
+    // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
+    unsafe {
+        let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
+        if dict.is_null() || ffi::PyDict_SetItemString(dict, name, descr.as_ptr()) < 0 {
             return Err(PyErr::fetch(py));
         }
-        // SAFETY: `descr` is a new reference we own.
-        let descr = unsafe { Bound::from_owned_ptr(py, descr) };
-        // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
-        unsafe {
-            let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
-            if dict.is_null() || ffi::PyDict_SetItemString(dict, name, descr.as_ptr()) < 0 {
-                return Err(PyErr::fetch(py));
-            }
-            ffi::PyType_Modified(ty.as_ptr().cast());
-        }
+        ffi::PyType_Modified(ty.as_ptr().cast());
     }
     Ok(())
 }

@@ -1868,37 +1868,23 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         .unwrap_or_default();
     let doc = format!("write($self, data)\n--\n\n{doc}");
     WRITE_GENERIC.get_or_init(py, || generic.unbind());
-    // The descriptor points to its PyMethodDef (and doc) for ever: leak them.
+    // The descriptor points to its doc for ever: leak it.
     let doc: &'static std::ffi::CStr = Box::leak(
         std::ffi::CString::new(doc)
             .unwrap_or_default()
             .into_boxed_c_str(),
     );
-    let def = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"write".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: write_fast,
+    crate::fastcall::set_type_method(
+        &ty,
+        ffi::PyMethodDef {
+            ml_name: c"write".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: write_fast,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
         },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: doc.as_ptr(),
-    }));
-    // SAFETY: a valid type object and a 'static method definition.
-    let descr = unsafe { ffi::PyDescr_NewMethod(ty.as_ptr().cast(), def) };
-    if descr.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `descr` is a new reference we own.
-    let descr = unsafe { Bound::from_owned_ptr(py, descr) };
-    // SAFETY: writing the type's own dict, then telling CPython its caches are stale.
-    unsafe {
-        let dict = (*ty.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
-        if dict.is_null() || ffi::PyDict_SetItemString(dict, c"write".as_ptr(), descr.as_ptr()) < 0
-        {
-            return Err(PyErr::fetch(py));
-        }
-        ffi::PyType_Modified(ty.as_ptr().cast());
-    }
-    Ok(())
+    )
 }
 
 /// Whether `method` (looked up on a transport) is the transport class `T`'s
