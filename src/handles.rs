@@ -90,6 +90,18 @@ struct DebugInfo {
 }
 
 impl HandleInner {
+    /// The references a handle holds through its cell (for tp_traverse).
+    #[inline]
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        match &self.args {
+            Some(Args::One(a)) => visit.call(a)?,
+            Some(Args::Many(t)) => visit.call(t)?,
+            _ => {}
+        }
+        visit.call(self.source_traceback())
+    }
+
     fn source_traceback(&self) -> Option<&Py<PyAny>> {
         self.debug_info
             .as_ref()
@@ -438,13 +450,7 @@ impl Handle {
         }
         visit.call(&self.context)?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
-            visit.call(&inner.callback)?;
-            match &inner.args {
-                Some(Args::One(a)) => visit.call(a)?,
-                Some(Args::Many(t)) => visit.call(t)?,
-                _ => {}
-            }
-            visit.call(inner.source_traceback())?;
+            inner.traverse(&visit)?;
         }
         Ok(())
     }
@@ -1245,13 +1251,7 @@ pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTr
         traverse_owned_context(&v.context, visit)?;
         // A busy cell is skipped in every pass alike (see try_borrow_mut_in_gc).
         if let Some(inner) = v.inner.try_borrow_mut_in_gc() {
-            visit.call(&inner.callback)?;
-            match &inner.args {
-                Some(Args::One(a)) => visit.call(a)?,
-                Some(Args::Many(t)) => visit.call(t)?,
-                _ => {}
-            }
-            visit.call(inner.source_traceback())?;
+            inner.traverse(visit)?;
         }
     }
     Ok(())
