@@ -29,6 +29,10 @@ use pyo3::prelude::*;
 
 /// Test hook: panics on purpose, so the tests can pin that a Rust panic reaches
 /// Python as an exception (pyo3's PanicException) instead of aborting.
+/// The one panic site kept in src/: it fires only when this private function
+/// is called (tests/test_errors.py), and pyo3's call trampoline
+/// catches the unwind and raises PanicException, so it cannot abort the
+/// interpreter or touch any loop.
 #[pyfunction]
 #[allow(clippy::panic)]
 fn _panic_for_tests(message: &str) {

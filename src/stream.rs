@@ -1043,28 +1043,28 @@ impl StreamTransport {
             }
             return Self::fatal_error(slf, Self::ebadf(), this.read_error_message());
         }
-        let (buffered, proto) = {
+        let (buffered, proto, pending) = {
             let inner = this.inner.borrow_mut(py);
             if inner.conn_lost > 0 {
                 return Ok(());
             }
             match &inner.protocol {
-                Some(p) => (inner.buffered, p.clone_ref(py)),
+                Some(p) => (
+                    inner.buffered,
+                    p.clone_ref(py),
+                    inner.deliver_scheduled || !inner.rbuf.is_empty(),
+                ),
                 None => return Ok(()),
             }
         };
-        let proto = proto.bind(py);
-        {
-            let inner = this.inner.borrow_mut(py);
-            if inner.deliver_scheduled || !inner.rbuf.is_empty() {
-                // Chunks already read go first, and reads wait, through
-                // `_deliver_pending`, which runs after whatever the previous
-                // chunk made the protocol schedule (a subprocess pipe pauses
-                // a StreamReader one call_soon later).
-                drop(inner);
-                return Self::schedule_delivery(slf, false);
-            }
+        if pending {
+            // Chunks already read go first, and reads wait, through
+            // `_deliver_pending`, which runs after whatever the previous
+            // chunk made the protocol schedule (a subprocess pipe pauses
+            // a StreamReader one call_soon later).
+            return Self::schedule_delivery(slf, false);
         }
+        let proto = proto.bind(py);
         if buffered {
             let buf =
                 match pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (-1,))) {
