@@ -23,7 +23,7 @@ use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilRefCell;
 use crate::handles::NativeFn;
 use crate::pyhelpers;
-use crate::sock_ops::{errno, fileno_of, os_error};
+use crate::sock_ops::{errno, os_error};
 use crate::sockaddr::{self, SockAddr};
 use crate::stream::own_method;
 use crate::stream::{notify_flow_control, ByteView, MAX_READ, READ_BUF};
@@ -94,6 +94,9 @@ pub struct DatagramTransport {
     send_empty: bool,
     loop_obj: Py<PyAny>,
     core: Py<CoreLoop>,
+    /// `sock` is a plain socket.socket whose fd `fd_still_ours` reads in
+    /// place (sock_ops::has_raw_fd) instead of calling fileno().
+    raw_fd: bool,
 }
 
 /// What one send attempt did.
@@ -139,10 +142,7 @@ impl DatagramTransport {
     /// the number may belong to another socket (the stdlib's calls on the
     /// closed object fail with EBADF; so do ours).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
-        match self.sock(py) {
-            Some(s) => matches!(fileno_of(s.bind(py)), Ok(Some(fd)) if fd == self.fd as i64),
-            None => false,
-        }
+        transport_common::still_wraps_fd(py, self.sock(py), self.fd, self.raw_fd)
     }
 
     /// The C address for `addr` (cached by identity), or None.
@@ -451,6 +451,7 @@ impl DatagramTransport {
             send_empty: py313,
             loop_obj: r#loop.clone().unbind(),
             core,
+            raw_fd: crate::sock_ops::has_raw_fd(sock),
         })
     }
 

@@ -436,31 +436,13 @@ impl StreamTransport {
     /// unrelated new socket: never touch it then (the stdlib gets EBADF from
     /// the closed object; we report the same).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
-        if self.raw_fd {
-            let inner = self.inner.borrow_mut(py);
-            return match &inner.sock {
-                Some(s) => {
-                    // SAFETY: `raw_fd` says the object is a plain socket.socket
-                    // whose fd can be read in place; `inner` keeps it alive.
-                    let fd = unsafe { crate::sock_ops::raw_socket_fd(s.as_ptr()) };
-                    fd == self.fd
-                }
-                None => false,
-            };
-        }
         let sock = self
             .inner
             .borrow_mut(py)
             .sock
             .as_ref()
             .map(|s| s.clone_ref(py));
-        match sock {
-            Some(s) => matches!(
-                crate::sock_ops::fileno_of(s.bind(py)),
-                Ok(Some(fd)) if fd == self.fd as i64
-            ),
-            None => false,
-        }
+        transport_common::still_wraps_fd(py, sock, self.fd, self.raw_fd)
     }
 
     fn ebadf() -> PyErr {

@@ -105,3 +105,26 @@ pub(crate) fn call_connection_lost(
         None => Ok(()),
     }
 }
+
+/// Whether the transport's socket object still wraps `fd`: once the user
+/// closed it the number may belong to another socket (the stdlib's calls on
+/// the closed object fail with EBADF; so do ours). `raw`: `sock` passed
+/// `sock_ops::has_raw_fd`, so the fd is read in place instead of calling
+/// fileno().
+pub(crate) fn still_wraps_fd(
+    py: Python<'_>,
+    sock: Option<Py<PyAny>>,
+    fd: std::os::fd::RawFd,
+    raw: bool,
+) -> bool {
+    let Some(sock) = sock else { return false };
+    if raw {
+        // SAFETY: `raw` says the object is a plain socket.socket whose fd can
+        // be read in place; `sock` keeps it alive and the GIL is held.
+        return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == fd;
+    }
+    matches!(
+        crate::sock_ops::fileno_of(sock.bind(py)),
+        Ok(Some(f)) if f == fd as i64
+    )
+}
