@@ -142,7 +142,13 @@ impl DatagramTransport {
     /// the number may belong to another socket (the stdlib's calls on the
     /// closed object fail with EBADF; so do ours).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
-        transport_common::still_wraps_fd(py, self.sock(py), self.fd, self.raw_fd)
+        let sock = self
+            .inner
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.bind(py).clone());
+        transport_common::still_wraps_fd(sock, self.fd, self.raw_fd)
     }
 
     /// The C address for `addr` (cached by identity), or None.

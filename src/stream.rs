@@ -441,8 +441,8 @@ impl StreamTransport {
             .borrow_mut(py)
             .sock
             .as_ref()
-            .map(|s| s.clone_ref(py));
-        transport_common::still_wraps_fd(py, sock, self.fd, self.raw_fd)
+            .map(|s| s.bind(py).clone());
+        transport_common::still_wraps_fd(sock, self.fd, self.raw_fd)
     }
 
     fn ebadf() -> PyErr {

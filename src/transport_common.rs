@@ -110,10 +110,10 @@ pub(crate) fn call_connection_lost(
 /// closed it the number may belong to another socket (the stdlib's calls on
 /// the closed object fail with EBADF; so do ours). `raw`: `sock` passed
 /// `sock_ops::has_raw_fd`, so the fd is read in place instead of calling
-/// fileno().
+/// fileno(). Takes a `Bound` (not a `Py`, whose drop checks for the GIL):
+/// this runs before every read and write.
 pub(crate) fn still_wraps_fd(
-    py: Python<'_>,
-    sock: Option<Py<PyAny>>,
+    sock: Option<Bound<'_, PyAny>>,
     fd: std::os::fd::RawFd,
     raw: bool,
 ) -> bool {
@@ -124,7 +124,7 @@ pub(crate) fn still_wraps_fd(
         return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == fd;
     }
     matches!(
-        crate::sock_ops::fileno_of(sock.bind(py)),
+        crate::sock_ops::fileno_of(&sock),
         Ok(Some(f)) if f == fd as i64
     )
 }
