@@ -821,9 +821,7 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         if !slf.get().inner.borrow_mut(py).buffered {
-            return match pyhelpers::guarded(|| {
-                proto.call_method1(intern!(py, "data_received"), (data,))
-            }) {
+            return match call_data_received(proto, &data) {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")
@@ -1167,9 +1165,7 @@ impl StreamTransport {
             match res {
                 Ok((0, _)) => Self::on_eof(slf),
                 Ok((_, Some(data))) => {
-                    let res = pyhelpers::guarded(|| {
-                        proto.call_method1(intern!(py, "data_received"), (&data,))
-                    });
+                    let res = call_data_received(proto, &data);
                     recycle(data);
                     match res {
                         Ok(_) => Ok(()),
@@ -1894,6 +1890,16 @@ pub(crate) fn own_method<T: pyo3::PyTypeInfo>(
         let own = (*descr.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
         !ml.is_null() && std::ptr::eq(ml, own)
     }
+}
+
+/// `protocol.data_received(data)`, natively for a plain StreamReaderProtocol
+/// (`stream_reader`).
+fn call_data_received(proto: &Bound<'_, PyAny>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
+    if let Some(done) = crate::stream_reader::data_received(proto, data) {
+        return done;
+    }
+    let py = proto.py();
+    pyhelpers::guarded(|| proto.call_method1(intern!(py, "data_received"), (data,))).map(drop)
 }
 
 fn native_read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {

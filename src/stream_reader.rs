@@ -1,0 +1,278 @@
+//! asyncio's `StreamReaderProtocol.data_received()`, done in Rust.
+//!
+//! Behind asyncio streams (start_server, open_connection) every read went
+//! through four small Python functions: StreamReaderProtocol.data_received,
+//! its `_stream_reader` property, StreamReader.feed_data and
+//! StreamReader._wakeup_waiter (~5,800 instructions per 1 KiB read, a quarter
+//! of an echo request). When the protocol and its reader are exactly the
+//! stdlib's classes and none of those methods was replaced (on the class or
+//! the instance), the transport takes the same steps here on the same
+//! attributes: extend the reader's bytearray, wake its waiter, pause the
+//! transport past twice the limit. Anything else (a subclass, a replaced
+//! method, a reader at EOF, a buffer that is not a bytearray) goes through
+//! the Python method, unchanged. What a caller can see differs only in what
+//! a profiler or tracer sees: those frames do not run.
+
+use crate::pyhelpers;
+use pyo3::exceptions::PyNotImplementedError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyString, PyType};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+extern "C" {
+    // Exported by CPython 3.11-3.13 (PyAPI_FUNC): the lookup behind
+    // LOAD_METHOD. 1 and the plain function when `name` resolves to a method
+    // of the type that the instance does not shadow.
+    fn _PyObject_GetMethod(
+        obj: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+        method: *mut *mut ffi::PyObject,
+    ) -> std::os::raw::c_int;
+    // Exported by CPython 3.11-3.13: a type's attribute through its MRO and
+    // the method cache, borrowed, no instance involved.
+    fn _PyType_Lookup(tp: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// One of the two stdlib classes and its own methods (and property) that the
+/// fast path stands in for.
+struct Class {
+    ty: Py<PyType>,
+    methods: Vec<(Py<PyString>, Py<PyAny>)>,
+    /// The type's version tag when last found unmodified; CPython gives a
+    /// type a new tag whenever it or a base changes, 0 when it has none.
+    tag: AtomicU32,
+}
+
+impl Class {
+    fn load(streams: &Bound<'_, PyAny>, name: &str, methods: &[&str]) -> PyResult<Class> {
+        let py = streams.py();
+        let cls = streams.getattr(name)?;
+        let dict = cls.getattr("__dict__")?;
+        let mut own = Vec::new();
+        for m in methods {
+            let f = dict.get_item(*m)?;
+            // A function replaced before this first capture is not the stdlib's.
+            let getter = f.getattr("fget").unwrap_or_else(|_| f.clone());
+            let module: String = getter.getattr("__module__")?.extract()?;
+            let qualname: String = getter.getattr("__qualname__")?.extract()?;
+            if module != "asyncio.streams" || qualname != format!("{name}.{m}") {
+                return Err(pyo3::exceptions::PyLookupError::new_err(qualname));
+            }
+            own.push((PyString::intern(py, m).unbind(), f.unbind()));
+        }
+        Ok(Class {
+            ty: cls.cast_into::<PyType>()?.unbind(),
+            methods: own,
+            tag: AtomicU32::new(0),
+        })
+    }
+
+    /// `obj` is exactly this class, and the class is as the stdlib made it.
+    #[inline]
+    fn is_instance(&self, obj: &Bound<'_, PyAny>) -> bool {
+        let ty = self.ty.as_ptr().cast::<ffi::PyTypeObject>();
+        // SAFETY: GIL held; reading a live type object's fields.
+        unsafe {
+            if ffi::Py_TYPE(obj.as_ptr()) != ty {
+                return false;
+            }
+            let tag = self.tag.load(Ordering::Relaxed);
+            (tag != 0 && (*ty).tp_version_tag == tag) || self.revalidate(obj.py())
+        }
+    }
+
+    /// After a change to the class or a base (or at first use): are its
+    /// methods still the stdlib's?
+    #[cold]
+    fn revalidate(&self, py: Python<'_>) -> bool {
+        let _ = py;
+        let ty = self.ty.as_ptr().cast::<ffi::PyTypeObject>();
+        // SAFETY: GIL held; _PyType_Lookup returns borrowed references,
+        // compared only. It also gives the type a version tag.
+        unsafe {
+            for (name, f) in &self.methods {
+                if _PyType_Lookup(ty, name.as_ptr()) != f.as_ptr() {
+                    return false;
+                }
+            }
+            self.tag.store((*ty).tp_version_tag, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// `obj.name` resolves to the class's own function `f`: no instance
+/// attribute shadows it (one lookup, as LOAD_METHOD makes).
+fn not_shadowed(obj: &Bound<'_, PyAny>, name: &Py<PyString>, f: &Py<PyAny>) -> bool {
+    let mut found: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: GIL held; `found` receives a new reference or NULL.
+    unsafe {
+        let unbound = _PyObject_GetMethod(obj.as_ptr(), name.as_ptr(), &mut found);
+        if found.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        ffi::Py_DECREF(found);
+        unbound == 1 && found == f.as_ptr()
+    }
+}
+
+/// `obj.name`, or None when that raises (the Python path then raises it).
+fn attr<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> Option<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; a new reference or NULL with an exception set.
+    unsafe {
+        let r = ffi::PyObject_GetAttr(obj.as_ptr(), name.as_ptr());
+        if r.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Some(Bound::from_owned_ptr(obj.py(), r))
+    }
+}
+
+struct Originals {
+    protocol: Class,
+    reader: Class,
+}
+
+static ORIGINALS: PyOnceLock<Option<Originals>> = PyOnceLock::new();
+
+fn originals(py: Python<'_>) -> Option<&Originals> {
+    ORIGINALS
+        .get_or_init(py, || {
+            let load = || -> PyResult<Originals> {
+                let streams = py.import("asyncio.streams")?;
+                Ok(Originals {
+                    protocol: Class::load(
+                        &streams,
+                        "StreamReaderProtocol",
+                        &["data_received", "_stream_reader"],
+                    )?,
+                    reader: Class::load(
+                        &streams,
+                        "StreamReader",
+                        &["feed_data", "_wakeup_waiter"],
+                    )?,
+                })
+            };
+            load().ok()
+        })
+        .as_ref()
+}
+
+/// `proto.data_received(data)` done here when `proto` is a plain
+/// StreamReaderProtocol (see the module comment). None: not applicable,
+/// nothing was done, the caller calls the Python method.
+pub(crate) fn data_received(
+    proto: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyBytes>,
+) -> Option<PyResult<()>> {
+    let py = proto.py();
+    let o = originals(py)?;
+    if !o.protocol.is_instance(proto) || data.as_bytes().is_empty() {
+        return None;
+    }
+    // data_received: a method the instance may shadow; _stream_reader: a
+    // property, which only the class can replace (is_instance checks that).
+    // The attributes themselves are read the generic way, as Python does.
+    let (name, f) = &o.protocol.methods[0];
+    if !not_shadowed(proto, name, f) {
+        return None;
+    }
+    let wr = attr(proto, intern!(py, "_stream_reader_wr"))?;
+    if wr.is_none() {
+        return Some(Ok(()));
+    }
+    // SAFETY: GIL held; type check, then a borrowed referent made owned at once.
+    let reader = unsafe {
+        if ffi::PyWeakref_CheckRefExact(wr.as_ptr()) == 0 {
+            return None;
+        }
+        #[allow(deprecated)]
+        let r = ffi::PyWeakref_GetObject(wr.as_ptr());
+        if r.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Bound::from_borrowed_ptr(py, r)
+    };
+    if reader.is_none() {
+        return Some(Ok(()));
+    }
+    if !o.reader.is_instance(&reader)
+        || !o
+            .reader
+            .methods
+            .iter()
+            .all(|(n, f)| not_shadowed(&reader, n, f))
+    {
+        return None;
+    }
+    // feed_data's `assert not self._eof`: any EOF state but plain False is
+    // left to Python (which raises, or not under -O).
+    if !attr(&reader, intern!(py, "_eof"))?.is(pyo3::types::PyBool::new(py, false)) {
+        return None;
+    }
+    let buffer = attr(&reader, intern!(py, "_buffer"))?;
+    // SAFETY: type check only.
+    if unsafe { ffi::PyByteArray_CheckExact(buffer.as_ptr()) } == 0 {
+        return None;
+    }
+    // From here on the steps have effects, as in feed_data: errors propagate.
+    Some(pyhelpers::guarded(|| {
+        feed(&reader, &buffer, data.as_bytes())
+    }))
+}
+
+/// StreamReader.feed_data's effects, on a reader checked by `data_received`.
+fn feed(reader: &Bound<'_, PyAny>, buffer: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
+    let py = reader.py();
+    // self._buffer.extend(data)
+    // SAFETY: `buffer` is an exact bytearray; resizing fails (BufferError, as
+    // extend() raises) while it has exports; after a successful resize it has
+    // room for `data` at the old end.
+    unsafe {
+        let old = ffi::PyByteArray_Size(buffer.as_ptr());
+        if ffi::PyByteArray_Resize(buffer.as_ptr(), old + data.len() as ffi::Py_ssize_t) < 0 {
+            return Err(pyhelpers::take_raised(py));
+        }
+        let dst = ffi::PyByteArray_AsString(buffer.as_ptr()).cast::<u8>();
+        std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(old as usize), data.len());
+    }
+    // self._wakeup_waiter()
+    let waiter = reader.getattr(intern!(py, "_waiter"))?;
+    if !waiter.is_none() {
+        reader.setattr(intern!(py, "_waiter"), py.None())?;
+        if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+    }
+    // Pause the transport past twice the limit.
+    let transport = reader.getattr(intern!(py, "_transport"))?;
+    if transport.is_none() || reader.getattr(intern!(py, "_paused"))?.is_truthy()? {
+        return Ok(());
+    }
+    let size = buffer.len()?;
+    let limit = reader.getattr(intern!(py, "_limit"))?;
+    // SAFETY: type check only.
+    let exact_int = unsafe { ffi::PyLong_CheckExact(limit.as_ptr()) } != 0;
+    let over = match limit.extract::<i64>() {
+        Ok(l) if exact_int => (size as i128) > 2 * (l as i128),
+        _ => size
+            .into_pyobject(py)?
+            .gt(2i64.into_pyobject(py)?.mul(&limit)?)?,
+    };
+    if !over {
+        return Ok(());
+    }
+    match transport.call_method0(intern!(py, "pause_reading")) {
+        Ok(_) => reader.setattr(intern!(py, "_paused"), true),
+        Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => {
+            reader.setattr(intern!(py, "_transport"), py.None())
+        }
+        Err(e) => Err(e),
+    }
+}
