@@ -6,6 +6,7 @@
 //! park inside the runtime, waiting for the epoll set, a timer or a wake-up
 //! from another thread.
 
+use crate::bound_method::BoundSlot;
 use crate::clock;
 use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
@@ -22,6 +23,7 @@ use pyo3::types::{PyInt, PyTuple};
 use pyo3::PyTraverseError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -113,6 +115,8 @@ pub struct CoreLoop {
     // kernel's epoll sets with the parent; it must neither run this loop nor
     // unregister anything from those sets.
     owner_pid: u32,
+    // `loop.call_soon` (see bound_method.rs).
+    call_soon: GilRefCell<BoundSlot>,
 }
 
 /// The tokio side of a loop: its runtime and the registration of our epoll
@@ -121,6 +125,9 @@ struct Driver {
     // Declared before `rt` so it deregisters from the driver while the runtime is alive.
     epoll_watch: AsyncFd<SharedEpoll>,
     rt: tokio::runtime::Runtime,
+    /// The runtime has tokio's timer: only when no timerfd could be made
+    /// (the timer costs every park a clock read and a timer-wheel pass).
+    has_time: bool,
 }
 
 /// Holds the driver until `close()` drops it (freeing the runtime's fds as the
@@ -156,6 +163,60 @@ impl DriverCell {
     /// Only from close(), after checking that the loop is not running.
     unsafe fn take(&self) -> Option<Driver> {
         (*self.0.get()).take()
+    }
+}
+
+/// What the parked loop waits for, polled by the runtime's `block_on`: a
+/// wake-up from another thread, our epoll set turning readable, or (only
+/// without a timerfd) tokio's timer. Returns how many events `epoll_wait`
+/// put in `buf`. Hand-written rather than a `select!` over `Notify` and
+/// `readable()`: no futures to build and drop per wait.
+struct Wait<'a> {
+    watch: &'a AsyncFd<SharedEpoll>,
+    epoll: &'a EpollFd,
+    buf: &'a mut [libc::epoll_event],
+    remote: &'a Remote,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The set was found empty just before the first poll: a readiness tokio
+    /// reports then is an old one, cleared without another epoll_wait.
+    known_empty: bool,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = usize;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+        let this = self.get_mut();
+        // Registered before `pending` is read: see Remote::wake.
+        this.remote.register(cx.waker());
+        if this.remote.has_pending() {
+            return Poll::Ready(this.epoll.wait_now(this.buf));
+        }
+        // Only the first poll, before the runtime parked, can see an old readiness.
+        let mut old_readiness = std::mem::take(&mut this.known_empty);
+        loop {
+            match this.watch.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    if !std::mem::take(&mut old_readiness) {
+                        let n = this.epoll.wait_now(this.buf);
+                        if n > 0 {
+                            return Poll::Ready(n);
+                        }
+                    }
+                    // Nothing left in our level-triggered set: only now may
+                    // tokio forget the readiness, or a wake-up could be lost.
+                    guard.clear_ready();
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(this.epoll.wait_now(this.buf)),
+                Poll::Pending => break,
+            }
+        }
+        if let Some(sleep) = this.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(this.epoll.wait_now(this.buf));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -260,54 +321,43 @@ impl CoreLoop {
     /// Parks in the runtime with the GIL released until I/O, a timer deadline
     /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
     fn block(&self, py: Python<'_>, timeout: Option<f64>, buf: &mut [libc::epoll_event]) -> usize {
+        // Events already waiting (a busy server) are taken without letting go
+        // of the GIL or entering the runtime. Found none, the wait below can
+        // drop a readiness tokio still holds from before without asking
+        // epoll again: anything that arrives from now on is a new edge.
+        let n = self.epoll.wait_now(buf);
+        if n > 0 {
+            return n;
+        }
         let remote = &*self.remote;
         remote
             .sleeping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        if remote.has_pending() {
+        // SAFETY: block() only runs inside run_forever, when close() cannot run.
+        let driver = unsafe { self.driver.get() };
+        let Some(driver) = driver.filter(|_| !remote.has_pending()) else {
             remote
                 .sleeping
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             return self.epoll.wait_now(buf);
-        }
-        let epoll = &*self.epoll;
-        // SAFETY: block() only runs inside run_forever, when close() cannot run.
-        let Some(driver) = (unsafe { self.driver.get() }) else {
-            remote
-                .sleeping
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            return 0;
         };
-        let watch = &driver.epoll_watch;
-        let rt = &driver.rt;
-        let n = py.detach(move || {
+        let sleep = match timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok()) {
+            Some(d) if driver.has_time => Some(d),
+            _ => None,
+        };
+        let epoll = &*self.epoll;
+        py.detach(move || {
+            let rt = &driver.rt;
             let n = rt.block_on(async move {
-                let sleep = async {
-                    match timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok()) {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending::<()>().await,
-                    }
+                let wait = Wait {
+                    watch: &driver.epoll_watch,
+                    epoll,
+                    buf,
+                    remote,
+                    sleep: sleep.map(|d| Box::pin(tokio::time::sleep(d))),
+                    known_empty: true,
                 };
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = remote.notify.notified() => return epoll.wait_now(buf),
-                        r = watch.readable() => match r {
-                            Ok(mut guard) => {
-                                let n = epoll.wait_now(buf);
-                                if n > 0 {
-                                    return n;
-                                }
-                                // Nothing left in our level-triggered set: only now may
-                                // tokio forget the readiness, or a wake-up could be lost.
-                                guard.clear_ready();
-                            }
-                            Err(_) => return epoll.wait_now(buf),
-                        },
-                        _ = &mut sleep => return epoll.wait_now(buf),
-                    }
-                }
+                wait.await
             });
             // Awake from here on, even while still waiting for the GIL: other
             // threads need not signal again.
@@ -315,8 +365,7 @@ impl CoreLoop {
                 .sleeping
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             n
-        });
-        n
+        })
     }
 
     fn drain_wakeup(&self, py: Python<'_>, fd: RawFd) {
@@ -382,11 +431,16 @@ impl CoreLoop {
                 0
             }
         } else {
+            // With a timerfd (always, on Linux) the runtime has no timer of
+            // its own: a deadline that cannot be armed is an error, not a
+            // wait without end.
             let timeout = match (timeout, this.state.borrow_mut(py).deadline.as_mut()) {
-                (Some(t), Some(timer)) => match timer.arm(now + t) {
-                    Ok(()) => None,
-                    Err(_) => Some(t),
-                },
+                (Some(t), Some(timer)) => {
+                    timer.arm(now + t).map_err(|e| {
+                        PyOSError::new_err(format!("cannot arm the loop's timerfd: {e}"))
+                    })?;
+                    None
+                }
                 (t, _) => t,
             };
             this.block(py, timeout, events)
@@ -1037,6 +1091,16 @@ impl CoreLoop {
     }
 
     /// The poller, for the native sock_* operations (src/sock_ops.rs).
+    /// The `call_soon` slot, None while it is borrowed (a GC pass run by
+    /// an allocation made under the borrow, which never happens).
+    pub(crate) fn call_soon_slot<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut BoundSlot) -> R,
+    ) -> Option<R> {
+        self.call_soon.try_borrow_mut(py).map(|mut s| f(&mut s))
+    }
+
     pub(crate) fn with_poller<R>(
         &self,
         py: Python<'_>,
@@ -1061,9 +1125,14 @@ impl CoreLoop {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
     ) -> PyResult<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
+        let deadline_timer = DeadlineTimer::new().ok();
+        let has_time = deadline_timer.is_none();
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_io();
+        if has_time {
+            builder.enable_time();
+        }
+        let rt = builder
             .build()
             .map_err(|e| PyOSError::new_err(format!("cannot start the tokio runtime: {e}")))?;
         let epoll = Arc::new(EpollFd::new().map_err(PyErr::from)?);
@@ -1078,9 +1147,15 @@ impl CoreLoop {
         };
         let mut poller = Poller::new(epoll.clone());
         // Without a timerfd (never seen on Linux) the loop falls back to tokio's sleep.
-        let deadline = DeadlineTimer::new()
-            .ok()
-            .filter(|t| poller.add_internal(t.raw_fd()).is_ok());
+        let deadline = match deadline_timer {
+            Some(t) => {
+                poller.add_internal(t.raw_fd()).map_err(|e| {
+                    PyOSError::new_err(format!("cannot watch the loop's timerfd: {e}"))
+                })?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok(CoreLoop {
             state: GilRefCell::new(LoopState {
                 ready: ReadyQueue::with_capacity(1024),
@@ -1104,10 +1179,15 @@ impl CoreLoop {
             remote: Arc::new(Remote::new()),
             epoll,
             driver: DriverCell(
-                std::cell::UnsafeCell::new(Some(Driver { epoll_watch, rt })),
+                std::cell::UnsafeCell::new(Some(Driver {
+                    epoll_watch,
+                    rt,
+                    has_time,
+                })),
                 std::process::id(),
             ),
             owner_pid: std::process::id(),
+            call_soon: GilRefCell::new(BoundSlot::default()),
         })
     }
 
@@ -1274,6 +1354,11 @@ impl CoreLoop {
         let mut leftover = Vec::new();
         self.remote.drain(&mut leftover);
         handles::release_all_loop_owned(py, leftover);
+        self.remote.forget_waker();
+        // The cached bound method refers to the loop: a closed loop is freed
+        // by reference counting, as the stdlib's.
+        let cached = self.call_soon_slot(py, |s| s.cached.take());
+        drop(cached);
         Ok(true)
     }
 
@@ -1320,10 +1405,19 @@ impl CoreLoop {
             st.poller.traverse(&visit)?;
             visit.call(&st.debug_value)?;
         }
+        if let Some(slot) = self.call_soon.try_borrow_mut_in_gc() {
+            visit.call(&slot.cached)?;
+            visit.call(&slot.assigned)?;
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
+        let slot = self
+            .call_soon
+            .try_borrow_mut_in_gc()
+            .map(|mut s| std::mem::take(&mut *s));
+        drop(slot);
         let taken = self.state.try_borrow_mut_in_gc().map(|mut st| {
             (
                 std::mem::take(&mut st.ready),

@@ -7,6 +7,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod bound_method;
 mod clock;
 mod datagram;
 mod deadline;
@@ -21,6 +22,7 @@ mod remote;
 mod sock_ops;
 mod sockaddr;
 mod stream;
+mod stream_reader;
 mod timers;
 mod transport_common;
 mod write_buf;
@@ -43,6 +45,7 @@ fn _panic_for_tests(message: &str) {
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::CoreLoop>()?;
     fastcall::install(m.py())?;
+    bound_method::install(m.py())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_slots(m.py())?;

@@ -1,19 +1,23 @@
 //! Cross-thread submission: `call_soon_threadsafe` from any thread hands its
-//! handle over here and wakes the loop through tokio's `Notify`, which unparks
-//! the runtime's driver. No polling anywhere.
+//! handle over (or, holding the GIL, appends it to the ready queue) and wakes
+//! the parked loop through the waker of the runtime's `block_on`, which
+//! unparks tokio's driver. No polling anywhere.
 
 use crate::handles::Handle;
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::Waker;
 
 pub struct Remote {
     queue: Mutex<Vec<Py<Handle>>>,
+    /// Work arrived from another thread, or a wake-up was asked for: the
+    /// loop must not park before its next look at the queues.
     pending: AtomicBool,
     // True while the loop thread is (about to be) blocked in the runtime.
     pub sleeping: AtomicBool,
-    pub notify: Notify,
+    /// The parked loop's waker, registered by `Wait` before it checks `pending`.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Remote {
@@ -22,7 +26,7 @@ impl Remote {
             queue: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
-            notify: Notify::new(),
+            waker: Mutex::new(None),
         }
     }
 
@@ -32,21 +36,50 @@ impl Remote {
         q.push(handle);
         drop(q);
         self.pending.store(true, Ordering::SeqCst);
-        self.wake();
+        self.wake_now();
     }
 
     /// Wakes the loop if it is sleeping. Paired with `Loop::block`, which sets
-    /// `sleeping` before re-checking `pending` (SeqCst on both sides), so either
-    /// the loop sees the work or we see it sleeping; `Notify` keeps a permit for
-    /// the window before it actually parks.
+    /// `sleeping` before it releases the GIL (our callers hold it), so a
+    /// sleeping loop is seen here; `pending` is set before the waker is read
+    /// and `Wait` registers its waker before reading `pending`, so either this
+    /// finds the waker or the loop finds `pending`.
+    /// The first call per sleep takes `sleeping` down and wakes; the calls
+    /// after it (a producer thread keeps the GIL for up to a switch interval)
+    /// cost one atomic read.
     pub fn wake(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.notify.notify_one();
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.pending.store(true, Ordering::SeqCst);
+            self.wake_now();
         }
     }
 
+    /// asyncio's `_write_to_self`: the next wait returns at once, whether or
+    /// not the loop sleeps now.
     pub fn force_wake(&self) {
-        self.notify.notify_one();
+        self.pending.store(true, Ordering::SeqCst);
+        self.wake_now();
+    }
+
+    fn wake_now(&self) {
+        let slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = slot.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Called by the parked loop (from its future's poll) before it checks `pending`.
+    pub fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// Forgets the waker (it keeps the runtime's driver alive): at close().
+    pub fn forget_waker(&self) {
+        let old = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
     }
 
     #[inline]
