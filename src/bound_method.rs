@@ -23,13 +23,6 @@ use pyo3::types::PyType;
 use pyo3::PyTypeInfo;
 use std::ffi::CStr;
 
-/// A loop's `call_soon`: the cached bound method, or what was assigned.
-#[derive(Default)]
-pub struct BoundSlot {
-    pub cached: Option<Py<PyAny>>,
-    pub assigned: Option<Py<PyAny>>,
-}
-
 #[repr(C)]
 struct CachedMethod {
     ob_base: ffi::PyObject,
@@ -57,10 +50,10 @@ unsafe extern "C" fn descr_get(
     }
     let lp = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<CoreLoop>();
     let core = lp.get();
-    if let Some(Some(found)) = core.call_soon_slot(py, |s| {
-        s.assigned
+    if let Some(Some(found)) = core.self_refs(py, |s| {
+        s.call_soon_assigned
             .as_ref()
-            .or(s.cached.as_ref())
+            .or(s.call_soon.as_ref())
             .map(|o| o.clone_ref(py))
     }) {
         return found.into_ptr();
@@ -68,7 +61,7 @@ unsafe extern "C" fn descr_get(
     let bound = bind(method, obj, ty);
     if !bound.is_null() && !core.is_closed_now(py) {
         let keep = pyo3::Borrowed::from_ptr(py, bound).to_owned().unbind();
-        if let Some(old) = core.call_soon_slot(py, |s| s.cached.replace(keep)) {
+        if let Some(old) = core.self_refs(py, |s| s.call_soon.replace(keep)) {
             drop(old);
         }
     }
@@ -99,7 +92,7 @@ unsafe extern "C" fn descr_set(
     let deleting = new.is_none();
     let Some(old) = lp
         .get()
-        .call_soon_slot(py, |s| std::mem::replace(&mut s.assigned, new))
+        .self_refs(py, |s| std::mem::replace(&mut s.call_soon_assigned, new))
     else {
         PySystemError::new_err("tokioloop: loop state busy").restore(py);
         return -1;

@@ -6,7 +6,6 @@
 //! park inside the runtime, waiting for the epoll set, a timer or a wake-up
 //! from another thread.
 
-use crate::bound_method::BoundSlot;
 use crate::clock;
 use crate::deadline::DeadlineTimer;
 use crate::gil_cell::GilRefCell;
@@ -115,8 +114,20 @@ pub struct CoreLoop {
     // kernel's epoll sets with the parent; it must neither run this loop nor
     // unregister anything from those sets.
     owner_pid: u32,
-    // `loop.call_soon` (see bound_method.rs).
-    call_soon: GilRefCell<BoundSlot>,
+    self_refs: GilRefCell<SelfRefs>,
+}
+
+/// Objects the loop keeps that refer back to it: reported to the GC, and
+/// dropped at close() so that a closed loop is freed by reference counting
+/// (as the stdlib's), all but what user code assigned.
+#[derive(Default)]
+pub(crate) struct SelfRefs {
+    /// `loop.call_soon`, the bound method handed out (bound_method.rs).
+    pub call_soon: Option<Py<PyAny>>,
+    /// What `loop.call_soon = ...` assigned, until `del loop.call_soon`.
+    pub call_soon_assigned: Option<Py<PyAny>>,
+    /// `{"loop": loop}`, the keywords create_future() passes (futures.rs).
+    pub future_kwargs: Option<Py<pyo3::types::PyDict>>,
 }
 
 /// The tokio side of a loop: its runtime and the registration of our epoll
@@ -1091,14 +1102,15 @@ impl CoreLoop {
     }
 
     /// The poller, for the native sock_* operations (src/sock_ops.rs).
-    /// The `call_soon` slot, None while it is borrowed (a GC pass run by
-    /// an allocation made under the borrow, which never happens).
-    pub(crate) fn call_soon_slot<R>(
+    /// The objects that refer back to the loop; None while they are borrowed
+    /// (only a GC pass started by an allocation made under the borrow could
+    /// see that, and callers allocate outside it).
+    pub(crate) fn self_refs<R>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut BoundSlot) -> R,
+        f: impl FnOnce(&mut SelfRefs) -> R,
     ) -> Option<R> {
-        self.call_soon.try_borrow_mut(py).map(|mut s| f(&mut s))
+        self.self_refs.try_borrow_mut(py).map(|mut s| f(&mut s))
     }
 
     pub(crate) fn with_poller<R>(
@@ -1187,7 +1199,7 @@ impl CoreLoop {
                 std::process::id(),
             ),
             owner_pid: std::process::id(),
-            call_soon: GilRefCell::new(BoundSlot::default()),
+            self_refs: GilRefCell::new(SelfRefs::default()),
         })
     }
 
@@ -1355,9 +1367,7 @@ impl CoreLoop {
         self.remote.drain(&mut leftover);
         handles::release_all_loop_owned(py, leftover);
         self.remote.forget_waker();
-        // The cached bound method refers to the loop: a closed loop is freed
-        // by reference counting, as the stdlib's.
-        let cached = self.call_soon_slot(py, |s| s.cached.take());
+        let cached = self.self_refs(py, |s| (s.call_soon.take(), s.future_kwargs.take()));
         drop(cached);
         Ok(true)
     }
@@ -1405,19 +1415,20 @@ impl CoreLoop {
             st.poller.traverse(&visit)?;
             visit.call(&st.debug_value)?;
         }
-        if let Some(slot) = self.call_soon.try_borrow_mut_in_gc() {
-            visit.call(&slot.cached)?;
-            visit.call(&slot.assigned)?;
+        if let Some(refs) = self.self_refs.try_borrow_mut_in_gc() {
+            visit.call(&refs.call_soon)?;
+            visit.call(&refs.call_soon_assigned)?;
+            visit.call(&refs.future_kwargs)?;
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let slot = self
-            .call_soon
+        let refs = self
+            .self_refs
             .try_borrow_mut_in_gc()
             .map(|mut s| std::mem::take(&mut *s));
-        drop(slot);
+        drop(refs);
         let taken = self.state.try_borrow_mut_in_gc().map(|mut st| {
             (
                 std::mem::take(&mut st.ready),

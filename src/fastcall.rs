@@ -481,6 +481,26 @@ unsafe extern "C" fn get_debug(
     })
 }
 
+/// `loop.create_future()` (see futures.rs).
+unsafe extern "C" fn create_future(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+    no_unwind(
+        "create_future",
+        std::ptr::null_mut(),
+        || match crate::futures::create_future(&this) {
+            Ok(f) => f.into_ptr(),
+            Err(e) => {
+                e.restore(py);
+                std::ptr::null_mut()
+            }
+        },
+    )
+}
+
 type Raw = unsafe extern "C" fn(
     *mut ffi::PyObject,
     *const *mut ffi::PyObject,
@@ -499,7 +519,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     ];
     type NoArgs =
         unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
-    let noargs: [(&'static CStr, NoArgs, &'static CStr); 2] = [
+    let noargs: [(&'static CStr, NoArgs, &'static CStr); 3] = [
         (
             c"is_closed",
             is_closed,
@@ -509,6 +529,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
             c"get_debug",
             get_debug,
             c"get_debug($self, /)\n--\n\nReturns what was given to set_debug().",
+        ),
+        (
+            c"create_future",
+            create_future,
+            c"create_future($self, /)\n--\n\nCreate a Future object attached to the loop.",
         ),
     ];
     let ty = CoreLoop::type_object(py);

@@ -13,6 +13,7 @@ mod datagram;
 mod deadline;
 mod event_loop;
 mod fastcall;
+mod futures;
 mod gil_cell;
 mod handles;
 mod poller;

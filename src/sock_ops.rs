@@ -767,27 +767,19 @@ fn socket_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         .ok())
 }
 
-static DEFAULT_CREATE_FUTURE: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+static NATIVE_CREATE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `lp.create_future()`; when the loop's class keeps tokioloop's own
-/// create_future (futures.Future(loop=self)), the future is made directly,
-/// without that Python frame.
+/// create_future, without the method call.
 fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
-    let (default, fut_type) = DEFAULT_CREATE_FUTURE.get_or_try_init(py, || -> PyResult<_> {
-        let default = py
-            .import("tokioloop._loop")?
-            .getattr("Loop")?
-            .getattr("create_future")?
-            .unbind();
-        let fut_type = py.import("asyncio.futures")?.getattr("Future")?.unbind();
-        Ok((default, fut_type))
+    let native = NATIVE_CREATE_FUTURE.get_or_try_init(py, || -> PyResult<_> {
+        use pyo3::PyTypeInfo;
+        Ok(CoreLoop::type_object(py).getattr("create_future")?.unbind())
     })?;
     let method = lp.get_type().getattr(intern!(py, "create_future"))?;
-    if method.is(default.bind(py)) {
-        let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item(intern!(py, "loop"), lp)?;
-        return fut_type.bind(py).call((), Some(&kwargs));
+    if method.is(native.bind(py)) {
+        return crate::futures::create_future(lp);
     }
     lp.call_method0(intern!(py, "create_future"))
 }

@@ -254,8 +254,8 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
 
     # ------------------------------------------------------- futures & tasks
 
-    def create_future(self):
-        return futures.Future(loop=self)
+    # create_future: CoreLoop's (src/futures.rs), futures.Future(loop=self)
+    # without a Python frame.
 
     def create_task(self, coro, *, name=None, context=None, **kwargs):
         # One task per gather() member or ensure_future(): no helper-method
