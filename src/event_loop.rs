@@ -33,6 +33,11 @@ use tokio::io::Interest;
 /// handlers themselves run every iteration through PyErr_CheckSignals.
 const WAKEUP_DRAIN_EVERY: u64 = 64;
 
+/// An epoll set found empty by the previous iteration's poll, with at most
+/// this many callbacks run since, is taken to be empty still when the loop
+/// goes to sleep: no second look before parking (see `block`).
+const FRESH_POLL_CALLBACKS: u64 = 8;
+
 struct SharedEpoll(Arc<EpollFd>);
 impl AsRawFd for SharedEpoll {
     fn as_raw_fd(&self) -> RawFd {
@@ -63,6 +68,8 @@ struct LoopState {
     slow_callback_duration: f64,
     thread_id: Option<u64>,
     callbacks_at_last_poll: u64,
+    /// That poll found nothing.
+    last_poll_empty: bool,
     wakeup: Option<(OwnedFd, OwnedFd)>,
     stats: Stats,
     blocking_threshold: Option<f64>,
@@ -331,14 +338,27 @@ impl CoreLoop {
 
     /// Parks in the runtime with the GIL released until I/O, a timer deadline
     /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
-    fn block(&self, py: Python<'_>, timeout: Option<f64>, buf: &mut [libc::epoll_event]) -> usize {
-        // Events already waiting (a busy server) are taken without letting go
-        // of the GIL or entering the runtime. Found none, the wait below can
-        // drop a readiness tokio still holds from before without asking
-        // epoll again: anything that arrives from now on is a new edge.
-        let n = self.epoll.wait_now(buf);
-        if n > 0 {
-            return n;
+    ///
+    /// Our epoll set sits in tokio's, which watches it edge-triggered: a
+    /// readiness tokio still holds from an earlier wake-up must be dropped
+    /// before parking, and only once the set is known to be empty (after
+    /// that, anything new is a new edge). So the set is looked at first:
+    /// events already waiting (a busy server) are taken without letting go of
+    /// the GIL or entering the runtime. When the caller's own poll found the
+    /// set empty a few callbacks ago (`polled_empty`), that look is skipped:
+    /// what came since is a new edge too.
+    fn block(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        buf: &mut [libc::epoll_event],
+        polled_empty: bool,
+    ) -> usize {
+        if !polled_empty {
+            let n = self.epoll.wait_now(buf);
+            if n > 0 {
+                return n;
+            }
         }
         let remote = &*self.remote;
         remote
@@ -445,22 +465,29 @@ impl CoreLoop {
             // With a timerfd (always, on Linux) the runtime has no timer of
             // its own: a deadline that cannot be armed is an error, not a
             // wait without end.
-            let timeout = match (timeout, this.state.borrow_mut(py).deadline.as_mut()) {
-                (Some(t), Some(timer)) => {
-                    timer.arm(now + t).map_err(|e| {
-                        PyOSError::new_err(format!("cannot arm the loop's timerfd: {e}"))
-                    })?;
-                    None
-                }
-                (t, _) => t,
+            let (timeout, polled_empty) = {
+                let mut st = this.state.borrow_mut(py);
+                let polled_empty = st.last_poll_empty
+                    && st.stats.callbacks - st.callbacks_at_last_poll <= FRESH_POLL_CALLBACKS;
+                let timeout = match (timeout, st.deadline.as_mut()) {
+                    (Some(t), Some(timer)) => {
+                        timer.arm(now + t).map_err(|e| {
+                            PyOSError::new_err(format!("cannot arm the loop's timerfd: {e}"))
+                        })?;
+                        None
+                    }
+                    (t, _) => t,
+                };
+                (timeout, polled_empty)
             };
-            this.block(py, timeout, events)
+            this.block(py, timeout, events, polled_empty)
         };
 
         {
             let mut st = this.state.borrow_mut(py);
             if poll_io {
                 st.callbacks_at_last_poll = st.stats.callbacks;
+                st.last_poll_empty = !blocked && n_events == 0;
             }
             this.remote.drain(remote_in);
             if !remote_in.is_empty() {
@@ -1180,6 +1207,7 @@ impl CoreLoop {
                 slow_callback_duration: 0.1,
                 thread_id: None,
                 callbacks_at_last_poll: 0,
+                last_poll_empty: false,
                 wakeup: None,
                 stats: Stats::default(),
                 blocking_threshold: None,
