@@ -476,7 +476,8 @@ impl DatagramTransport {
         }
         this.core
             .get()
-            .register_transport(py, this.fd, slf.as_any())?;
+            // A read event may leave datagrams queued (one per event, as asyncio).
+            .register_transport(py, this.fd, slf.as_any(), false)?;
         Self::watch_read(slf)
     }
 

@@ -68,16 +68,16 @@ struct LoopState {
     slow_callback_duration: f64,
     thread_id: Option<u64>,
     callbacks_at_last_poll: u64,
-    /// That poll found nothing.
-    last_poll_empty: bool,
     wakeup: Option<(OwnedFd, OwnedFd)>,
     stats: Stats,
     blocking_threshold: Option<f64>,
     blocking_hook: Option<Py<PyAny>>,
     debug_value: Option<Py<PyAny>>,
     deadline: Option<DeadlineTimer>,
-    // fd -> weak reference to the native transport that owns it.
-    transports: std::collections::HashMap<RawFd, Py<PyAny>>,
+    // fd -> weak reference to the native transport that owns it, and whether
+    // its read and write handlers leave the fd drained or say otherwise
+    // (`note_maybe_ready`).
+    transports: std::collections::HashMap<RawFd, (Py<PyAny>, bool)>,
 }
 
 impl Drop for LoopState {
@@ -467,7 +467,7 @@ impl CoreLoop {
             // wait without end.
             let (timeout, polled_empty) = {
                 let mut st = this.state.borrow_mut(py);
-                let polled_empty = st.last_poll_empty
+                let polled_empty = this.epoll.settled()
                     && st.stats.callbacks - st.callbacks_at_last_poll <= FRESH_POLL_CALLBACKS;
                 let timeout = match (timeout, st.deadline.as_mut()) {
                     (Some(t), Some(timer)) => {
@@ -487,7 +487,17 @@ impl CoreLoop {
             let mut st = this.state.borrow_mut(py);
             if poll_io {
                 st.callbacks_at_last_poll = st.stats.callbacks;
-                st.last_poll_empty = !blocked && n_events == 0;
+                // A hang-up, error or peer shutdown reported with the data
+                // outlives the read that takes the data: not settled then.
+                let plain = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
+                let settled = n_events < events.len()
+                    && events[..n_events].iter().all(|ev| {
+                        let fd = ev.u64 as RawFd;
+                        ev.events & !plain == 0
+                            && (st.poller.drains_itself(fd)
+                                || st.transports.get(&fd).is_some_and(|(_, drains)| *drains))
+                    });
+                this.epoll.set_settled(settled);
             }
             this.remote.drain(remote_in);
             if !remote_in.is_empty() {
@@ -940,7 +950,7 @@ impl CoreLoop {
             .borrow_mut(py)
             .transports
             .get(&fd)
-            .map(|w| w.clone_ref(py));
+            .map(|(w, _)| w.clone_ref(py));
         let Some(weak) = weak else { return Ok(()) };
         let transport = weak.bind(py).call0()?;
         if transport.is_none() {
@@ -955,16 +965,23 @@ impl CoreLoop {
         )))
     }
 
+    /// `drains`: the transport's handlers leave its fd drained, or call
+    /// `note_maybe_ready` (see `EpollFd::settled`).
     pub fn register_transport(
         &self,
         py: Python<'_>,
         fd: RawFd,
         transport: &Bound<'_, PyAny>,
+        drains: bool,
     ) -> PyResult<()> {
         let weak = pyo3::types::PyWeakrefReference::new(transport)?
             .into_any()
             .unbind();
-        let old = self.state.borrow_mut(py).transports.insert(fd, weak);
+        let old = self
+            .state
+            .borrow_mut(py)
+            .transports
+            .insert(fd, (weak, drains));
         drop(old);
         Ok(())
     }
@@ -975,7 +992,7 @@ impl CoreLoop {
             let same = st
                 .transports
                 .get(&fd)
-                .map(|w| w.bind(py).call0().map(|t| t.is(transport)).unwrap_or(true))
+                .map(|(w, _)| w.bind(py).call0().map(|t| t.is(transport)).unwrap_or(true))
                 .unwrap_or(false);
             if same {
                 st.transports.remove(&fd)
@@ -987,6 +1004,13 @@ impl CoreLoop {
     }
 
     // ---- API for the native transports (same thread, GIL held) ----
+
+    /// A transport's handler left its fd possibly still ready (a read that
+    /// filled its buffer, or no read at all): look at the set before parking.
+    pub fn note_maybe_ready(&self, py: Python<'_>) {
+        let _ = py;
+        self.epoll.set_settled(false);
+    }
 
     pub fn is_closed_now(&self, py: Python<'_>) -> bool {
         self.state
@@ -1207,7 +1231,6 @@ impl CoreLoop {
                 slow_callback_duration: 0.1,
                 thread_id: None,
                 callbacks_at_last_poll: 0,
-                last_poll_empty: false,
                 wakeup: None,
                 stats: Stats::default(),
                 blocking_threshold: None,

@@ -12,18 +12,27 @@ use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 pub const MAX_EVENTS: usize = 256;
 
 /// The loop's own epoll set. The descriptor can be closed early by
 /// `loop.close()` (the stdlib releases its selector there) while Arcs to this
 /// object still exist; afterwards every call fails harmlessly with EBADF.
-pub struct EpollFd(AtomicI32);
+pub struct EpollFd {
+    fd: AtomicI32,
+    /// The set holds nothing ready that would not wake tokio by itself, as
+    /// far as the loop knows: set by the run loop after a poll (see
+    /// CoreLoop::block), cleared by any registration change. An epoll_ctl on
+    /// an fd that is ready while its entry still sits on the set's ready list
+    /// (level-triggered entries stay there after being reported) does not
+    /// notify the epoll set that watches ours, so tokio would not wake for it.
+    settled: AtomicBool,
+}
 
 impl AsRawFd for EpollFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.load(Ordering::Acquire)
+        self.fd.load(Ordering::Acquire)
     }
 }
 
@@ -40,11 +49,14 @@ impl EpollFd {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(EpollFd(AtomicI32::new(fd)))
+        Ok(EpollFd {
+            fd: AtomicI32::new(fd),
+            settled: AtomicBool::new(false),
+        })
     }
 
     pub fn close(&self) {
-        let fd = self.0.swap(-1, Ordering::AcqRel);
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
             // SAFETY: we owned `fd` and nobody else can see it any more.
             unsafe { libc::close(fd) };
@@ -67,7 +79,16 @@ impl EpollFd {
         }
     }
 
+    pub fn settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_settled(&self, settled: bool) {
+        self.settled.store(settled, Ordering::Relaxed);
+    }
+
     fn ctl(&self, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
+        self.set_settled(false);
         let mut ev = libc::epoll_event {
             events,
             u64: fd as u64,
@@ -144,7 +165,9 @@ impl Interest {
     fn mask(&self) -> u32 {
         let mut m = 0u32;
         if self.reader.is_some() || self.internal || self.native_r.is_some() {
-            m |= libc::EPOLLIN as u32;
+            // RDHUP: an event tells when a peer's FIN came with the data,
+            // which a short read then leaves behind (see EpollFd::settled).
+            m |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
         }
         if self.writer.is_some() || self.native_w.is_some() {
             m |= libc::EPOLLOUT as u32;
@@ -631,6 +654,16 @@ impl Poller {
 
     /// Translates raw epoll events into work for the loop. An error or hang-up
     /// wakes both directions, as selectors.EpollSelector reports it.
+    /// An event of `fd` leaves nothing behind that would not come back as a
+    /// new edge: our internal fds (drained when dispatched) and edge-triggered
+    /// registrations. (Stream transports say it of themselves: see
+    /// `EpollFd::settled`.)
+    pub fn drains_itself(&self, fd: RawFd) -> bool {
+        self.fds
+            .get(&fd)
+            .is_some_and(|i| i.internal || i.registered & libc::EPOLLET as u32 != 0)
+    }
+
     pub fn dispatch(&mut self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
         for ev in events {
             let fd = ev.u64 as RawFd;

@@ -779,6 +779,209 @@ impl StreamTransport {
         Some(Ok((got, first, pieces)))
     }
 
+    /// One read, as asyncio's `_read_ready`; `drained` is set when the read
+    /// left the fd empty (a short read, EOF, EAGAIN) or no longer watched.
+    fn read_ready(slf: &Bound<'_, Self>, drained: &mut bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.kind == Kind::WritePipe {
+            *drained = true;
+            // The read end closed: a write pipe can only learn that by readability.
+            let has_buffer = !this.inner.borrow_mut(py).wbuf.is_empty();
+            this.core(py).unwatch_fd(py, this.fd, false)?;
+            if has_buffer {
+                let exc = pyo3::exceptions::PyBrokenPipeError::new_err(())
+                    .into_value(py)
+                    .into_any();
+                return Self::force_close(slf, Some(exc));
+            }
+            return Self::force_close(slf, None);
+        }
+        if !this.fd_still_ours(py) {
+            if this.inner.borrow_mut(py).conn_lost > 0 {
+                return Ok(());
+            }
+            return Self::fatal_error(slf, Self::ebadf(), this.read_error_message());
+        }
+        let (buffered, proto, pending) = {
+            let inner = this.inner.borrow_mut(py);
+            if inner.conn_lost > 0 {
+                return Ok(());
+            }
+            match &inner.protocol {
+                Some(p) => (
+                    inner.buffered,
+                    p.clone_ref(py),
+                    inner.deliver_scheduled || !inner.rbuf.is_empty(),
+                ),
+                None => return Ok(()),
+            }
+        };
+        if pending {
+            // Chunks already read go first, and reads wait, through
+            // `_deliver_pending`, which runs after whatever the previous
+            // chunk made the protocol schedule (a subprocess pipe pauses
+            // a StreamReader one call_soon later).
+            return Self::schedule_delivery(slf, false);
+        }
+        let proto = proto.bind(py);
+        if buffered {
+            let buf =
+                match pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (-1,))) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Self::fatal_error(
+                            slf,
+                            e,
+                            "Fatal error: protocol.get_buffer() call failed.",
+                        )
+                    }
+                };
+            let view = match ByteView::new(&buf, true) {
+                Ok(v) => v,
+                Err(_) => {
+                    // What socket.recv_into() says about a read-only buffer.
+                    let name = buf
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default();
+                    let e = PyTypeError::new_err(format!(
+                        "recv_into() argument 'buffer' must be read-write bytes-like object, not {name}"
+                    ));
+                    return Self::fatal_error(slf, e, this.read_error_message());
+                }
+            };
+            if view.len() == 0 {
+                let e = PyRuntimeError::new_err("get_buffer() returned an empty buffer");
+                return Self::fatal_error(
+                    slf,
+                    e,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                );
+            }
+            let want = view.len();
+            let res = this.sys_read(view.ptr(), want);
+            drop(view);
+            drop(buf);
+            *drained = match &res {
+                Ok(n) => *n < want,
+                Err(e) => would_block(e),
+            };
+            if let Ok(n) = res {
+                this.core(py).count_bytes(py, n, 0);
+            }
+            match res {
+                Ok(0) => Self::on_eof(slf),
+                Ok(n) => match pyhelpers::guarded(|| {
+                    proto.call_method1(intern!(py, "buffer_updated"), (n,))
+                }) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Self::fatal_error(
+                        slf,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                },
+                Err(e) if would_block(&e) => Ok(()),
+                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
+            }
+        } else {
+            if this.kind == Kind::ReadPipe {
+                if let Some(res) = this.read_pipe_batch(py) {
+                    *drained = match &res {
+                        Ok((n, _, _)) => *n < PIPE_READ_BATCH,
+                        Err(e) => would_block(e),
+                    };
+                    return match res {
+                        Ok((0, _, _)) => Self::on_eof(slf),
+                        Ok((n, first, rest)) => {
+                            this.core(py).count_bytes(py, n, 0);
+                            let Some(first) = first else {
+                                return Ok(());
+                            };
+                            this.inner
+                                .borrow_mut(py)
+                                .rbuf
+                                .extend(rest.into_iter().map(|p| p.unbind()));
+                            Self::deliver(slf, proto, first)?;
+                            Self::schedule_delivery(slf, true)
+                        }
+                        Err(e) if would_block(&e) => Ok(()),
+                        Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
+                    };
+                }
+            }
+            let direct = if this.large_reads.load(std::sync::atomic::Ordering::Relaxed) {
+                this.read_socket_exact(py)
+            } else {
+                None
+            };
+            let res = direct.unwrap_or_else(|| {
+                READ_BUF.with(|cell| {
+                    let mut buf = cell.borrow_mut();
+                    let cap = if this.kind == Kind::ReadPipe {
+                        PIPE_READ_CHUNK
+                    } else {
+                        buf.len()
+                    };
+                    if this.kind == Kind::Socket {
+                        return read_shared(py, this.fd, &mut buf[..cap]);
+                    }
+                    let n = this.sys_read(buf.as_mut_ptr(), cap)?;
+                    Ok::<_, io::Error>((
+                        n,
+                        if n > 0 {
+                            Some(PyBytes::new(py, &buf[..n]))
+                        } else {
+                            None
+                        },
+                    ))
+                })
+            });
+            // Both reads ask for at most MAX_READ (pipes: PIPE_READ_CHUNK).
+            let asked = if this.kind == Kind::ReadPipe {
+                PIPE_READ_CHUNK
+            } else {
+                MAX_READ
+            };
+            *drained = match &res {
+                Ok((n, _)) => *n < asked,
+                Err(e) => would_block(e),
+            };
+            if let Ok((n, _)) = &res {
+                this.core(py).count_bytes(py, *n, 0);
+                if this.kind == Kind::Socket {
+                    let large = *n >= LARGE_READ;
+                    if large {
+                        // Direct reads allocate bytes of up to 256 KiB.
+                        adapt_malloc_thresholds();
+                    }
+                    this.large_reads
+                        .store(large, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            match res {
+                Ok((0, _)) => Self::on_eof(slf),
+                Ok((_, Some(data))) => {
+                    let res = call_data_received(proto, &data);
+                    recycle(data);
+                    match res {
+                        Ok(_) => Ok(()),
+                        Err(e) => Self::fatal_error(
+                            slf,
+                            e,
+                            "Fatal error: protocol.data_received() call failed.",
+                        ),
+                    }
+                }
+                Ok(_) => Ok(()),
+                Err(e) if would_block(&e) => Ok(()),
+                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
+            }
+        }
+    }
+
     /// Hands the next pending chunk of a read pipe to the protocol and
     /// schedules what follows. Returns None when nothing is pending.
     fn deliver_one_pending(
@@ -998,189 +1201,20 @@ impl StreamTransport {
             return Ok(());
         }
         this.core(py)
-            .register_transport(py, this.fd, slf.as_any())?;
+            .register_transport(py, this.fd, slf.as_any(), true)?;
         Self::watch_read(slf)
     }
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.kind == Kind::WritePipe {
-            // The read end closed: a write pipe can only learn that by readability.
-            let has_buffer = !this.inner.borrow_mut(py).wbuf.is_empty();
-            this.core(py).unwatch_fd(py, this.fd, false)?;
-            if has_buffer {
-                let exc = pyo3::exceptions::PyBrokenPipeError::new_err(())
-                    .into_value(py)
-                    .into_any();
-                return Self::force_close(slf, Some(exc));
-            }
-            return Self::force_close(slf, None);
+        let mut drained = false;
+        let res = Self::read_ready(slf, &mut drained);
+        if !drained {
+            // The loop must look at its epoll set again before it parks (see
+            // CoreLoop::note_maybe_ready): the fd may still be readable.
+            let py = slf.py();
+            slf.get().core(py).note_maybe_ready(py);
         }
-        if !this.fd_still_ours(py) {
-            if this.inner.borrow_mut(py).conn_lost > 0 {
-                return Ok(());
-            }
-            return Self::fatal_error(slf, Self::ebadf(), this.read_error_message());
-        }
-        let (buffered, proto, pending) = {
-            let inner = this.inner.borrow_mut(py);
-            if inner.conn_lost > 0 {
-                return Ok(());
-            }
-            match &inner.protocol {
-                Some(p) => (
-                    inner.buffered,
-                    p.clone_ref(py),
-                    inner.deliver_scheduled || !inner.rbuf.is_empty(),
-                ),
-                None => return Ok(()),
-            }
-        };
-        if pending {
-            // Chunks already read go first, and reads wait, through
-            // `_deliver_pending`, which runs after whatever the previous
-            // chunk made the protocol schedule (a subprocess pipe pauses
-            // a StreamReader one call_soon later).
-            return Self::schedule_delivery(slf, false);
-        }
-        let proto = proto.bind(py);
-        if buffered {
-            let buf =
-                match pyhelpers::guarded(|| proto.call_method1(intern!(py, "get_buffer"), (-1,))) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Self::fatal_error(
-                            slf,
-                            e,
-                            "Fatal error: protocol.get_buffer() call failed.",
-                        )
-                    }
-                };
-            let view = match ByteView::new(&buf, true) {
-                Ok(v) => v,
-                Err(_) => {
-                    // What socket.recv_into() says about a read-only buffer.
-                    let name = buf
-                        .get_type()
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default();
-                    let e = PyTypeError::new_err(format!(
-                        "recv_into() argument 'buffer' must be read-write bytes-like object, not {name}"
-                    ));
-                    return Self::fatal_error(slf, e, this.read_error_message());
-                }
-            };
-            if view.len() == 0 {
-                let e = PyRuntimeError::new_err("get_buffer() returned an empty buffer");
-                return Self::fatal_error(
-                    slf,
-                    e,
-                    "Fatal error: protocol.get_buffer() call failed.",
-                );
-            }
-            let res = this.sys_read(view.ptr(), view.len());
-            drop(view);
-            drop(buf);
-            if let Ok(n) = res {
-                this.core(py).count_bytes(py, n, 0);
-            }
-            match res {
-                Ok(0) => Self::on_eof(slf),
-                Ok(n) => match pyhelpers::guarded(|| {
-                    proto.call_method1(intern!(py, "buffer_updated"), (n,))
-                }) {
-                    Ok(_) => Ok(()),
-                    Err(e) => Self::fatal_error(
-                        slf,
-                        e,
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    ),
-                },
-                Err(e) if would_block(&e) => Ok(()),
-                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
-            }
-        } else {
-            if this.kind == Kind::ReadPipe {
-                if let Some(res) = this.read_pipe_batch(py) {
-                    return match res {
-                        Ok((0, _, _)) => Self::on_eof(slf),
-                        Ok((n, first, rest)) => {
-                            this.core(py).count_bytes(py, n, 0);
-                            let Some(first) = first else {
-                                return Ok(());
-                            };
-                            this.inner
-                                .borrow_mut(py)
-                                .rbuf
-                                .extend(rest.into_iter().map(|p| p.unbind()));
-                            Self::deliver(slf, proto, first)?;
-                            Self::schedule_delivery(slf, true)
-                        }
-                        Err(e) if would_block(&e) => Ok(()),
-                        Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
-                    };
-                }
-            }
-            let direct = if this.large_reads.load(std::sync::atomic::Ordering::Relaxed) {
-                this.read_socket_exact(py)
-            } else {
-                None
-            };
-            let res = direct.unwrap_or_else(|| {
-                READ_BUF.with(|cell| {
-                    let mut buf = cell.borrow_mut();
-                    let cap = if this.kind == Kind::ReadPipe {
-                        PIPE_READ_CHUNK
-                    } else {
-                        buf.len()
-                    };
-                    if this.kind == Kind::Socket {
-                        return read_shared(py, this.fd, &mut buf[..cap]);
-                    }
-                    let n = this.sys_read(buf.as_mut_ptr(), cap)?;
-                    Ok::<_, io::Error>((
-                        n,
-                        if n > 0 {
-                            Some(PyBytes::new(py, &buf[..n]))
-                        } else {
-                            None
-                        },
-                    ))
-                })
-            });
-            if let Ok((n, _)) = &res {
-                this.core(py).count_bytes(py, *n, 0);
-                if this.kind == Kind::Socket {
-                    let large = *n >= LARGE_READ;
-                    if large {
-                        // Direct reads allocate bytes of up to 256 KiB.
-                        adapt_malloc_thresholds();
-                    }
-                    this.large_reads
-                        .store(large, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            match res {
-                Ok((0, _)) => Self::on_eof(slf),
-                Ok((_, Some(data))) => {
-                    let res = call_data_received(proto, &data);
-                    recycle(data);
-                    match res {
-                        Ok(_) => Ok(()),
-                        Err(e) => Self::fatal_error(
-                            slf,
-                            e,
-                            "Fatal error: protocol.data_received() call failed.",
-                        ),
-                    }
-                }
-                Ok(_) => Ok(()),
-                Err(e) if would_block(&e) => Ok(()),
-                Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
-            }
-        }
+        res
     }
 
     /// Scheduled while a read pipe has chunks read but not yet delivered.
