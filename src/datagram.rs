@@ -318,7 +318,7 @@ impl DatagramTransport {
             .then_some(native_sendto_ready as NativeFn);
         this.core
             .get()
-            .watch_fd(py, this.fd, cb.unbind(), true, native)
+            .watch_fd(py, this.fd, cb.unbind(), true, native, false)
     }
 
     fn stop_writing(&self, py: Python<'_>) -> PyResult<()> {
@@ -336,7 +336,7 @@ impl DatagramTransport {
         slf.get()
             .core
             .get()
-            .watch_fd(py, slf.get().fd, cb.unbind(), false, native)
+            .watch_fd(py, slf.get().fd, cb.unbind(), false, native, false)
     }
 
     /// One recvfrom() into the shared buffer: (data, address) or the error
@@ -476,8 +476,7 @@ impl DatagramTransport {
         }
         this.core
             .get()
-            // A read event may leave datagrams queued (one per event, as asyncio).
-            .register_transport(py, this.fd, slf.as_any(), false)?;
+            .register_transport(py, this.fd, slf.as_any())?;
         Self::watch_read(slf)
     }
 

@@ -74,10 +74,8 @@ struct LoopState {
     blocking_hook: Option<Py<PyAny>>,
     debug_value: Option<Py<PyAny>>,
     deadline: Option<DeadlineTimer>,
-    // fd -> weak reference to the native transport that owns it, and whether
-    // its read and write handlers leave the fd drained or say otherwise
-    // (`note_maybe_ready`).
-    transports: std::collections::HashMap<RawFd, (Py<PyAny>, bool)>,
+    // fd -> weak reference to the native transport that owns it.
+    transports: std::collections::HashMap<RawFd, Py<PyAny>>,
 }
 
 impl Drop for LoopState {
@@ -485,27 +483,23 @@ impl CoreLoop {
 
         {
             let mut st = this.state.borrow_mut(py);
-            if poll_io {
-                st.callbacks_at_last_poll = st.stats.callbacks;
-                // A hang-up, error or peer shutdown reported with the data
-                // outlives the read that takes the data: not settled then.
-                let plain = (libc::EPOLLIN | libc::EPOLLOUT) as u32;
-                let settled = n_events < events.len()
-                    && events[..n_events].iter().all(|ev| {
-                        let fd = ev.u64 as RawFd;
-                        ev.events & !plain == 0
-                            && (st.poller.drains_itself(fd)
-                                || st.transports.get(&fd).is_some_and(|(_, drains)| *drains))
-                    });
-                this.epoll.set_settled(settled);
-            }
             this.remote.drain(remote_in);
             if !remote_in.is_empty() {
                 st.ready.extend(remote_in.drain(..));
             }
-            if n_events > 0 {
-                st.poller.dispatch(py, &events[..n_events], scratch);
+            let drained = if n_events > 0 {
                 st.stats.io_events += n_events as u64;
+                st.poller.dispatch(py, &events[..n_events], scratch)
+            } else {
+                true
+            };
+            if poll_io {
+                st.callbacks_at_last_poll = st.stats.callbacks;
+                // At most one event: a server that is not busy, whose next
+                // request comes after the loop parks. With more, it usually
+                // comes sooner, and a look before parking finds it without
+                // entering the runtime.
+                this.epoll.set_settled(n_events <= 1 && drained);
             }
         }
         let mut stale = Vec::new();
@@ -685,7 +679,7 @@ impl CoreLoop {
         )?;
         let previous = {
             let mut st = this.state.borrow_mut(py);
-            let previous = st.poller.set(fd, handle, write);
+            let previous = st.poller.set(fd, handle, write, false);
             if previous.is_ok() && !fd_obj.is_instance_of::<PyInt>() {
                 st.poller
                     .set_fileobj(fd, Some(fd_obj.clone().unbind()), write);
@@ -950,7 +944,7 @@ impl CoreLoop {
             .borrow_mut(py)
             .transports
             .get(&fd)
-            .map(|(w, _)| w.clone_ref(py));
+            .map(|w| w.clone_ref(py));
         let Some(weak) = weak else { return Ok(()) };
         let transport = weak.bind(py).call0()?;
         if transport.is_none() {
@@ -965,23 +959,16 @@ impl CoreLoop {
         )))
     }
 
-    /// `drains`: the transport's handlers leave its fd drained, or call
-    /// `note_maybe_ready` (see `EpollFd::settled`).
     pub fn register_transport(
         &self,
         py: Python<'_>,
         fd: RawFd,
         transport: &Bound<'_, PyAny>,
-        drains: bool,
     ) -> PyResult<()> {
         let weak = pyo3::types::PyWeakrefReference::new(transport)?
             .into_any()
             .unbind();
-        let old = self
-            .state
-            .borrow_mut(py)
-            .transports
-            .insert(fd, (weak, drains));
+        let old = self.state.borrow_mut(py).transports.insert(fd, weak);
         drop(old);
         Ok(())
     }
@@ -992,7 +979,7 @@ impl CoreLoop {
             let same = st
                 .transports
                 .get(&fd)
-                .map(|(w, _)| w.bind(py).call0().map(|t| t.is(transport)).unwrap_or(true))
+                .map(|w| w.bind(py).call0().map(|t| t.is(transport)).unwrap_or(true))
                 .unwrap_or(false);
             if same {
                 st.transports.remove(&fd)
@@ -1052,6 +1039,8 @@ impl CoreLoop {
     /// Makes `callback()` the reader (or writer) of `fd`, replacing any other;
     /// with `native`, the handle runs it as `native(callback.__self__)` (see
     /// `Handle::with_native`).
+    /// `drains`: the callback leaves the fd drained in that direction, or
+    /// says otherwise through `note_maybe_ready` (see `EpollFd::settled`).
     pub fn watch_fd(
         &self,
         py: Python<'_>,
@@ -1059,6 +1048,7 @@ impl CoreLoop {
         callback: Py<PyAny>,
         write: bool,
         native: Option<crate::handles::NativeFn>,
+        drains: bool,
     ) -> PyResult<()> {
         let debug = self.debug_now(py);
         let mut handle = Handle::new(py, callback, Args::Empty, None, debug)?;
@@ -1071,7 +1061,7 @@ impl CoreLoop {
             if st.closed {
                 return Err(closed_error());
             }
-            st.poller.set(fd, handle, write)
+            st.poller.set(fd, handle, write, drains)
         };
         match previous {
             Ok(Some(old)) => Handle::cancel_py(old.bind(py)),

@@ -145,6 +145,10 @@ struct Interest {
     // Edge-triggered Handle mode (EPOLLET with reader/writer Handles): only
     // native pipe transports ask for it (`set_edge`).
     edge: bool,
+    // The reader's (writer's) callback leaves the fd drained or says it may
+    // not have (stream transports; see EpollFd::settled).
+    reader_drains: bool,
+    writer_drains: bool,
 }
 
 const ET_MASK: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -352,8 +356,14 @@ impl Poller {
         fd: RawFd,
         handle: Py<Handle>,
         write: bool,
+        drains: bool,
     ) -> io::Result<Option<Py<Handle>>> {
         let entry = self.fds.entry(fd).or_default();
+        if write {
+            entry.writer_drains = drains;
+        } else {
+            entry.reader_drains = drains;
+        }
         // A registration kept only for native waiters may be stale (fd reused).
         let verify = !entry.has_handles();
         let slot = if write {
@@ -654,17 +664,18 @@ impl Poller {
 
     /// Translates raw epoll events into work for the loop. An error or hang-up
     /// wakes both directions, as selectors.EpollSelector reports it.
-    /// An event of `fd` leaves nothing behind that would not come back as a
-    /// new edge: our internal fds (drained when dispatched) and edge-triggered
-    /// registrations. (Stream transports say it of themselves: see
-    /// `EpollFd::settled`.)
-    pub fn drains_itself(&self, fd: RawFd) -> bool {
-        self.fds
-            .get(&fd)
-            .is_some_and(|i| i.internal || i.registered & libc::EPOLLET as u32 != 0)
-    }
-
-    pub fn dispatch(&mut self, py: Python<'_>, events: &[libc::epoll_event], out: &mut Vec<Ready>) {
+    /// Sorts the events into `out`. Returns whether every event leaves its
+    /// fd drained once handled, nothing that would not wake tokio again
+    /// (see EpollFd::settled): only plain IN/OUT readiness (no hang-up,
+    /// error or peer shutdown, which outlive a read of the data) of our
+    /// internal fds, edge-triggered fds and callbacks that drain.
+    pub fn dispatch(
+        &mut self,
+        py: Python<'_>,
+        events: &[libc::epoll_event],
+        out: &mut Vec<Ready>,
+    ) -> bool {
+        let mut drained = true;
         for ev in events {
             let fd = ev.u64 as RawFd;
             let Some(interest) = self.fds.get_mut(&fd) else {
@@ -673,6 +684,11 @@ impl Poller {
             let bits = ev.events;
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
+            drained &= bits & !((libc::EPOLLIN | libc::EPOLLOUT) as u32) == 0
+                && (interest.internal
+                    || interest.registered & libc::EPOLLET as u32 != 0
+                    || ((!readable || interest.reader_drains)
+                        && (!writable || interest.writer_drains)));
             if interest.native_mode() {
                 if bits & FINAL_R != 0 {
                     interest.rd_final = true;
@@ -741,6 +757,7 @@ impl Poller {
                 }
             }
         }
+        drained
     }
 
     /// Remembers which Python object a registration was made with.

@@ -478,7 +478,7 @@ impl StreamTransport {
             .then_some(native_read_ready as NativeFn);
         slf.get()
             .core(py)
-            .watch_fd(py, slf.get().fd, cb.unbind(), false, native)
+            .watch_fd(py, slf.get().fd, cb.unbind(), false, native, true)
     }
 
     fn watch_write(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -491,7 +491,7 @@ impl StreamTransport {
         let native = own_method::<StreamTransport>(py, &cb, intern!(py, "_write_ready"))
             .then_some(native_write_ready as NativeFn);
         this.core(py)
-            .watch_fd(py, this.fd, cb.unbind(), true, native)?;
+            .watch_fd(py, this.fd, cb.unbind(), true, native, true)?;
         if this.edge_mode() {
             this.core(py).set_edge_triggered(py, this.fd, true)?;
         }
@@ -1201,7 +1201,7 @@ impl StreamTransport {
             return Ok(());
         }
         this.core(py)
-            .register_transport(py, this.fd, slf.as_any(), true)?;
+            .register_transport(py, this.fd, slf.as_any())?;
         Self::watch_read(slf)
     }
 
