@@ -33,9 +33,10 @@ use tokio::io::Interest;
 /// handlers themselves run every iteration through PyErr_CheckSignals.
 const WAKEUP_DRAIN_EVERY: u64 = 64;
 
-/// An epoll set found empty by the previous iteration's poll, with at most
-/// this many callbacks run since, is taken to be empty still when the loop
-/// goes to sleep: no second look before parking (see `block`).
+/// A poll that left the epoll set settled (`EpollFd::settled`) is trusted
+/// before parking only if at most this many callbacks ran since: more, and
+/// new events have likely come, which a look finds more cheaply than a wake
+/// of the runtime (see `block`).
 const FRESH_POLL_CALLBACKS: u64 = 8;
 
 struct SharedEpoll(Arc<EpollFd>);
@@ -339,12 +340,12 @@ impl CoreLoop {
     ///
     /// Our epoll set sits in tokio's, which watches it edge-triggered: a
     /// readiness tokio still holds from an earlier wake-up must be dropped
-    /// before parking, and only once the set is known to be empty (after
-    /// that, anything new is a new edge). So the set is looked at first:
+    /// before parking, and only once the set is known to hold nothing that
+    /// would not come back as a new edge. So the set is looked at first:
     /// events already waiting (a busy server) are taken without letting go of
-    /// the GIL or entering the runtime. When the caller's own poll found the
-    /// set empty a few callbacks ago (`polled_empty`), that look is skipped:
-    /// what came since is a new edge too.
+    /// the GIL or entering the runtime. When the run loop's last poll left
+    /// the set settled a few callbacks ago (`polled_empty`, see
+    /// `EpollFd::settled`), that look is skipped.
     fn block(
         &self,
         py: Python<'_>,
@@ -1142,7 +1143,6 @@ impl CoreLoop {
         }
     }
 
-    /// The poller, for the native sock_* operations (src/sock_ops.rs).
     /// The objects that refer back to the loop; None while they are borrowed
     /// (only a GC pass started by an allocation made under the borrow could
     /// see that, and callers allocate outside it).
@@ -1154,6 +1154,7 @@ impl CoreLoop {
         self.self_refs.try_borrow_mut(py).map(|mut s| f(&mut s))
     }
 
+    /// The poller, for the native sock_* operations (src/sock_ops.rs).
     pub(crate) fn with_poller<R>(
         &self,
         py: Python<'_>,

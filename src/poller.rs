@@ -662,13 +662,14 @@ impl Poller {
         out
     }
 
-    /// Translates raw epoll events into work for the loop. An error or hang-up
-    /// wakes both directions, as selectors.EpollSelector reports it.
-    /// Sorts the events into `out`. Returns whether every event leaves its
-    /// fd drained once handled, nothing that would not wake tokio again
-    /// (see EpollFd::settled): only plain IN/OUT readiness (no hang-up,
-    /// error or peer shutdown, which outlive a read of the data) of our
-    /// internal fds, edge-triggered fds and callbacks that drain.
+    /// Translates raw epoll events into work for the loop (`out`). An error or
+    /// hang-up wakes both directions, as selectors.EpollSelector reports it.
+    ///
+    /// Returns whether every event leaves its fd with nothing that would not
+    /// wake tokio again once handled (see EpollFd::settled): plain IN/OUT
+    /// readiness only (a hang-up, error or peer shutdown outlives a read of
+    /// the data) of our internal fds, edge-triggered fds, or callbacks that
+    /// drain.
     pub fn dispatch(
         &mut self,
         py: Python<'_>,

@@ -39,11 +39,12 @@ impl Remote {
         self.wake_now();
     }
 
-    /// Wakes the loop if it is sleeping. Paired with `Loop::block`, which sets
-    /// `sleeping` before it releases the GIL (our callers hold it), so a
+    /// Wakes the loop if it is sleeping. Paired with `CoreLoop::block`, which
+    /// sets `sleeping` before it releases the GIL (our callers hold it), so a
     /// sleeping loop is seen here; `pending` is set before the waker is read
     /// and `Wait` registers its waker before reading `pending`, so either this
     /// finds the waker or the loop finds `pending`.
+    ///
     /// The first call per sleep takes `sleeping` down and wakes; the calls
     /// after it (a producer thread keeps the GIL for up to a switch interval)
     /// cost one atomic read.

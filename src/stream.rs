@@ -781,6 +781,10 @@ impl StreamTransport {
 
     /// One read, as asyncio's `_read_ready`; `drained` is set when the read
     /// left the fd empty (a short read, EOF, EAGAIN) or no longer watched.
+    /// A read that returns less than it asked for has exhausted a stream fd
+    /// (epoll(7); tokio clears readiness on the same rule), except for an EOF
+    /// or error queued behind the data, which the event's RDHUP/HUP/ERR bits
+    /// tell (Poller::dispatch).
     fn read_ready(slf: &Bound<'_, Self>, drained: &mut bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
