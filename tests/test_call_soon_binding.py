@@ -91,16 +91,22 @@ def test_subclass_override_used_by_tasks():
     assert len(seen) >= 2  # the task's first step and its wake-up after sleep(0)
 
 
-def test_closed_loop_freed_without_the_gc():
+@pytest.mark.parametrize("use", ["run a task", "create_future"])
+def test_closed_loop_freed_without_the_gc(use):
+    """What the loop keeps that refers back to it (the call_soon binding, the
+    keywords of create_future) goes at close(): no cycle left for the GC."""
     gc.disable()
     try:
         loop = tokioloop.new_event_loop()
+        if use == "create_future":
+            loop.create_future()
+        else:
 
-        async def main():
-            await asyncio.sleep(0)
+            async def main():
+                await asyncio.sleep(0)
 
-        loop.run_until_complete(main())
-        assert loop.call_soon.__self__ is loop
+            loop.run_until_complete(main())
+            assert loop.call_soon.__self__ is loop
         loop.close()
         ref = weakref.ref(loop)
         del loop

@@ -5,9 +5,7 @@ sock_* operations and streams then get the subclass's futures)."""
 
 import asyncio
 import asyncio.futures
-import gc
 import socket
-import weakref
 
 import pytest
 
@@ -69,16 +67,3 @@ def test_subclass_override_used_by_sock_ops(base):
         b.close()
         loop.close()
     assert made, "sock_recv did not go through the subclass's create_future"
-
-
-def test_cached_keywords_do_not_keep_a_closed_loop_alive():
-    gc.disable()
-    try:
-        loop = tokioloop.new_event_loop()
-        loop.create_future()
-        loop.close()
-        ref = weakref.ref(loop)
-        del loop
-        assert ref() is None
-    finally:
-        gc.enable()
