@@ -52,7 +52,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, assume, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
 from reliability_helpers import env_int, new_loop
@@ -407,8 +407,12 @@ _ORACLE_REENTRY_BUG = sys.version_info[:3] == (3, 13, 0)
 
 
 def _check_exact(program):
-    if _ORACLE_REENTRY_BUG:
-        assume("'reenter'" not in repr(program))
+    if _ORACLE_REENTRY_BUG and "'reenter'" in repr(program):
+        # assume() only inside a property test (hypothesis deprecates it
+        # elsewhere); the fixed programs are skipped instead.
+        if currently_in_test_context():
+            assume(False)
+        pytest.skip("CPython 3.13.0's run_forever() re-entry bug (oracle side)")
     ties = program[0]
     oracle = "asyncio-stable-ties" if ties else "asyncio"
     expected = run_exact(oracle, program)
