@@ -134,6 +134,8 @@ pub(crate) struct SelfRefs {
     pub call_soon_assigned: Option<Py<PyAny>>,
     /// `{"loop": loop}`, the keywords create_future() passes (futures.rs).
     pub future_kwargs: Option<Py<pyo3::types::PyDict>>,
+    /// `loop._task_factory` (set_task_factory); user-given, kept at close.
+    pub task_factory: Option<Py<PyAny>>,
 }
 
 /// The tokio side of a loop: its runtime and the registration of our epoll
@@ -1000,6 +1002,16 @@ impl CoreLoop {
         self.epoll.set_settled(false);
     }
 
+    /// create_task may take its native path (futures.rs): the loop is open,
+    /// not in debug mode, has no task factory, and its state is not busy.
+    pub fn plain_task_creation(&self, py: Python<'_>) -> bool {
+        let open_plain = self
+            .state
+            .try_borrow_mut(py)
+            .is_some_and(|s| !s.closed && !s.debug);
+        open_plain && self.self_refs(py, |r| r.task_factory.is_none()) == Some(true)
+    }
+
     pub fn is_closed_now(&self, py: Python<'_>) -> bool {
         self.state
             .try_borrow_mut(py)
@@ -1461,6 +1473,7 @@ impl CoreLoop {
             visit.call(&refs.call_soon)?;
             visit.call(&refs.call_soon_assigned)?;
             visit.call(&refs.future_kwargs)?;
+            visit.call(&refs.task_factory)?;
         }
         Ok(())
     }
@@ -1490,6 +1503,25 @@ impl CoreLoop {
             handles::release_all_loop_owned(py, timers);
             drop((fds, debug_value));
         }
+    }
+
+    /// What set_task_factory() stored (None for none), where create_task's
+    /// native path can see it; assigning the attribute works as on the stdlib.
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> Py<PyAny> {
+        self.self_refs(py, |r| r.task_factory.as_ref().map(|f| f.clone_ref(py)))
+            .flatten()
+            .unwrap_or_else(|| py.None())
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let value = value.filter(|v| !v.is_none(py));
+        let old = self
+            .self_refs(py, |r| std::mem::replace(&mut r.task_factory, value))
+            .ok_or_else(|| PyRuntimeError::new_err("event loop state is busy"))?;
+        drop(old);
+        Ok(())
     }
 
     #[getter]

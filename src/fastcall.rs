@@ -176,21 +176,31 @@ unsafe fn parse<'a, 'py>(
 }
 
 static CONTEXT_NAME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+static NAME_NAME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Whether a keyword name is "context". The last matching object is
-/// remembered (and kept alive) so the common case is one pointer compare.
+/// Whether a keyword name is "context".
 unsafe fn is_context_name(name: *mut ffi::PyObject) -> bool {
-    if name == CONTEXT_NAME.load(Ordering::Relaxed) {
+    is_keyword(name, &CONTEXT_NAME, c"context")
+}
+
+/// Whether a keyword name is `text`. The last matching object is remembered
+/// (and kept alive) in `seen`, so the common case is one pointer compare.
+unsafe fn is_keyword(
+    name: *mut ffi::PyObject,
+    seen: &AtomicPtr<ffi::PyObject>,
+    text: &CStr,
+) -> bool {
+    if name == seen.load(Ordering::Relaxed) {
         return true;
     }
     if ffi::PyUnicode_Check(name) == 0
-        || ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0
+        || ffi::PyUnicode_CompareWithASCIIString(name, text.as_ptr()) != 0
     {
         return false;
     }
     // Keep the remembered string alive for ever (one small leak per new object seen).
     ffi::Py_INCREF(name);
-    CONTEXT_NAME.store(name, Ordering::Relaxed);
+    seen.store(name, Ordering::Relaxed);
     true
 }
 
@@ -501,6 +511,59 @@ unsafe extern "C" fn create_future(
     )
 }
 
+/// `loop.create_task(coro, *, name=None, context=None, **kwargs)`: the
+/// common case natively (futures.rs), anything else through the Python
+/// method `_create_task` with the same arguments.
+unsafe extern "C" fn create_task(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize);
+    let fast = no_unwind("create_task", Some(std::ptr::null_mut()), || {
+        if nargs != 1 {
+            return None;
+        }
+        let (mut name, mut context) = (None, None);
+        if !kwnames.is_null() {
+            for i in 0..ffi::PyTuple_GET_SIZE(kwnames) {
+                let key = ffi::PyTuple_GET_ITEM(kwnames, i);
+                let value = Borrowed::from_ptr(py, *args.add(1 + i as usize));
+                if is_context_name(key) {
+                    context = Some(value.to_owned());
+                } else if is_keyword(key, &NAME_NAME, c"name") {
+                    name = Some(value.to_owned());
+                } else {
+                    return None;
+                }
+            }
+        }
+        let this = Borrowed::from_ptr(py, slf).cast_unchecked::<CoreLoop>();
+        let coro = Borrowed::from_ptr(py, *args).to_owned();
+        crate::futures::create_task(&this, &coro, name.as_ref(), context.as_ref()).map(
+            |r| match r {
+                Ok(task) => task.into_ptr(),
+                Err(e) => {
+                    e.restore(py);
+                    std::ptr::null_mut()
+                }
+            },
+        )
+    });
+    if let Some(result) = fast {
+        return result;
+    }
+    let method = ffi::PyObject_GetAttrString(slf, c"_create_task".as_ptr());
+    if method.is_null() {
+        return std::ptr::null_mut();
+    }
+    let result = ffi::PyObject_Vectorcall(method, args, nargs as usize, kwnames);
+    ffi::Py_DECREF(method);
+    result
+}
+
 type Raw = unsafe extern "C" fn(
     *mut ffi::PyObject,
     *const *mut ffi::PyObject,
@@ -511,11 +574,12 @@ type Raw = unsafe extern "C" fn(
 /// Replaces the PyO3-generated methods on the CoreLoop type with the
 /// fast-call versions above (same names, same behaviour).
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let table: [(&'static CStr, Raw, &'static CStr); 4] = [
+    let table: [(&'static CStr, Raw, &'static CStr); 5] = [
         (c"call_soon", call_soon, c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon."),
         (c"call_soon_threadsafe", call_soon_threadsafe, c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but safe to call from any thread."),
         (c"call_later", call_later, c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called after delay seconds."),
         (c"call_at", call_at, c"call_at($self, when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called at loop time `when`."),
+        (c"create_task", create_task, c"create_task($self, coro, *, name=None, context=None, **kwargs)\n--\n\nSchedule a coroutine object; return a task object."),
     ];
     type NoArgs =
         unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;

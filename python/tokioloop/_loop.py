@@ -257,9 +257,10 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     # create_future: CoreLoop's (src/futures.rs), futures.Future(loop=self)
     # without a Python frame.
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        # One task per gather() member or ensure_future(): no helper-method
-        # call, and a plain keyword call unless extra keywords were given.
+    # create_task: CoreLoop's (src/fastcall.rs, src/futures.rs) makes the task
+    # natively when there is no task factory, no debug mode and no keyword
+    # beyond name/context; every other call comes here.
+    def _create_task(self, coro, *, name=None, context=None, **kwargs):
         if self.is_closed():
             raise RuntimeError("Event loop is closed")
         factory = self._task_factory
@@ -286,6 +287,9 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
                     except AttributeError:
                         pass
         return task
+
+    # Argument errors name the public method, as before.
+    _create_task.__qualname__ = "Loop.create_task"
 
     def set_task_factory(self, factory):
         if factory is not None and not callable(factory):

@@ -2,12 +2,13 @@
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVarTuple, Unpack, final
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any, TypeVar, TypeVarTuple, Unpack, final
 
 from typing_extensions import Self, disjoint_base
 
 _Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 __all__ = [
     "CoreLoop",
@@ -116,6 +117,15 @@ class CoreLoop:
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle: ...
     def create_future(self) -> asyncio.Future[Any]: ...
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task[_T]: ...
+    _task_factory: Any
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...
