@@ -28,7 +28,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// With user fds registered the epoll set is polled every iteration, as
-/// asyncio's selector loop does. With only our signal wake-up socket in it,
+/// asyncio's selector loop does (except right after a poll that left it
+/// settled, see `run_once`). With only our signal wake-up socket in it,
 /// a busy loop drains that socket after at most this many callbacks: signal
 /// handlers themselves run every iteration through PyErr_CheckSignals.
 const WAKEUP_DRAIN_EVERY: u64 = 64;
@@ -69,6 +70,8 @@ struct LoopState {
     slow_callback_duration: f64,
     thread_id: Option<u64>,
     callbacks_at_last_poll: u64,
+    /// `stats.iterations` of the iteration that last polled the epoll set.
+    iteration_of_last_poll: u64,
     wakeup: Option<(OwnedFd, OwnedFd)>,
     stats: Stats,
     blocking_threshold: Option<f64>,
@@ -437,9 +440,18 @@ impl CoreLoop {
             };
             let busy = !st.ready.is_empty() || st.stopping || this.remote.has_pending();
             if busy {
-                let poll = st.poller.has_user_fds()
-                    || (!st.poller.is_empty()
-                        && st.stats.callbacks - st.callbacks_at_last_poll >= WAKEUP_DRAIN_EVERY);
+                let since = st.stats.callbacks - st.callbacks_at_last_poll;
+                let poll = if st.poller.has_user_fds() {
+                    // The callbacks that the last poll's handlers scheduled
+                    // (a task woken by data_received) run before the next
+                    // poll, as on uvloop, when that poll left the set
+                    // settled: every other busy iteration still polls.
+                    !(this.epoll.settled()
+                        && st.stats.iterations == st.iteration_of_last_poll + 1
+                        && since <= FRESH_POLL_CALLBACKS)
+                } else {
+                    !st.poller.is_empty() && since >= WAKEUP_DRAIN_EVERY
+                };
                 (Some(0.0), poll, dead, now)
             } else {
                 let t = st.timers.next_deadline().map(|w| (w - now).max(0.0));
@@ -498,6 +510,7 @@ impl CoreLoop {
             };
             if poll_io {
                 st.callbacks_at_last_poll = st.stats.callbacks;
+                st.iteration_of_last_poll = st.stats.iterations;
                 // At most one event: a server that is not busy, whose next
                 // request comes after the loop parks. With more, it usually
                 // comes sooner, and a look before parking finds it without
@@ -1234,6 +1247,7 @@ impl CoreLoop {
                 slow_callback_duration: 0.1,
                 thread_id: None,
                 callbacks_at_last_poll: 0,
+                iteration_of_last_poll: 0,
                 wakeup: None,
                 stats: Stats::default(),
                 blocking_threshold: None,

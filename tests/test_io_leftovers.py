@@ -269,3 +269,50 @@ def test_data_and_fin_arriving_together(loop_factory, buffered):
     tr.close()
     a.close()
     run(loop, asyncio.sleep(0))
+
+
+def test_busy_loop_still_sees_new_data_within_two_iterations(loop_factory):
+    """Right after a poll that left the epoll set settled, tokioloop runs the
+    callbacks that poll's handlers scheduled before polling again (uvloop's
+    order), so a busy loop looks at its fds every other iteration at least.
+    Here data_received schedules a callback and makes the peer answer at
+    once; a call_soon chain counts the iterations until the answer is read.
+    The stdlib polls every iteration (1); tokioloop may take one more."""
+    loop = loop_factory()
+    ticks = []
+    arrivals = []
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        done = loop.create_future()
+        running = [True]
+
+        def tick():
+            ticks.append(None)
+            if running[0]:
+                loop.call_soon(tick)
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                arrivals.append((len(ticks), data))
+                if len(arrivals) < 20:
+                    loop.call_soon(lambda: None)
+                    a.send(b"n")  # ready before the next iteration starts
+                elif not done.done():
+                    done.set_result(None)
+
+        tr, _ = await loop.connect_accepted_socket(P, b)
+        loop.call_soon(tick)
+        a.send(b"0")
+        await asyncio.wait_for(done, 10)
+        running[0] = False
+        tr.close()
+        a.close()
+
+    run(loop, main())
+    assert len(arrivals) == 20
+    gaps = [t2 - t1 for (t1, _), (t2, _) in zip(arrivals, arrivals[1:])]
+    limit = 1 if loop_factory.kind == "asyncio" else 2
+    assert max(gaps) <= limit, gaps

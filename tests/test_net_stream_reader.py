@@ -32,7 +32,16 @@ async def echo_pair(loop, limit=2**16, server_cb=None):
         finally:
             writer.close()
 
-    server = await asyncio.start_server(server_cb or echo, HOST, 0)
+    handlers = []
+
+    async def handler(reader, writer):
+        handlers.append(asyncio.current_task())
+        await (server_cb or echo)(reader, writer)
+
+    server = await asyncio.start_server(handler, HOST, 0)
+    # close_pair waits for these: a handler still pending when the loop
+    # closes is reported later, in another test, as a coroutine never finished.
+    server.handler_tasks = handlers
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection(HOST, port, limit=limit)
     return server, reader, writer
@@ -50,6 +59,8 @@ async def close_pair(server, writer, failed=False):
             raise
     server.close()
     await server.wait_closed()
+    if server.handler_tasks:
+        await asyncio.wait(server.handler_tasks, timeout=5)
 
 
 def streams_calls(fn):
@@ -332,6 +343,7 @@ def test_reader_gone_drops_data(loop_factory):
         w0.close()
         server.close()
         await server.wait_closed()
+        await asyncio.wait(server.handler_tasks, timeout=5)
         return alive, protocol._stream_reader
 
     assert run(loop, main()) == (True, None)
