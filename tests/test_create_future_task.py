@@ -6,6 +6,7 @@ sock_* operations and streams then get the subclass's futures)."""
 import asyncio
 import asyncio.futures
 import socket
+import sys
 
 import pytest
 
@@ -165,3 +166,55 @@ def test_subclass_create_task_used_by_gather(base):
     finally:
         loop.close()
     assert len(seen) >= 3  # main() and the two gathered coroutines
+
+
+def test_unknown_create_task_keyword_is_a_type_error(loop):
+    coro = _coro()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'|'bogus'"):
+        loop.create_task(coro, bogus=1)
+    coro.close()
+
+
+def test_task_factory_receives_what_the_stdlib_passes(loop):
+    """Up to 3.13.2 a task factory gets (loop, coro) and context= only when
+    one is given; the name is set on the task afterwards."""
+    import contextvars
+
+    seen = []
+
+    def factory(lp, coro, **kwargs):
+        seen.append(sorted(kwargs))
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    loop.set_task_factory(factory)
+    ctx = contextvars.copy_context()
+    named = loop.create_task(_coro(), name="n")
+    in_ctx = loop.create_task(_coro(), context=ctx)
+    loop.run_until_complete(asyncio.gather(named, in_ctx))
+    assert named.get_name() == "n"
+    if sys.version_info[:3] < (3, 13, 3):
+        assert seen == [[], ["context"]]
+    elif sys.version_info[:3] == (3, 13, 3) or sys.version_info >= (3, 14):
+        assert seen == [["name"], ["context"]]
+    else:
+        assert seen == [[], ["context"]]
+
+
+def test_factory_task_without_set_name(loop):
+    """3.11 and 3.12 warn when a factory's task cannot be named; 3.13 raises."""
+
+    class Unnamed(asyncio.Future):
+        def __init__(self, lp, coro):
+            super().__init__(loop=lp)
+            coro.close()
+
+    loop.set_task_factory(lambda lp, coro: Unnamed(lp, coro))
+    if sys.version_info >= (3, 13):
+        with pytest.raises(AttributeError, match="set_name"):
+            loop.create_task(_coro(), name="x")
+    else:
+        with pytest.warns(DeprecationWarning, match="set_name") as rec:
+            task = loop.create_task(_coro(), name="x")
+        assert type(task) is Unnamed
+        # Pointed at the caller, as the stdlib's stacklevel does.
+        assert rec[0].filename == __file__

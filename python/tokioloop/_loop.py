@@ -69,6 +69,16 @@ class _Again:
 
 _AGAIN = _Again()
 
+# create_task's keywords by version (gh-128307, gh-133745): up to 3.13.2 only
+# name and context; 3.13.3 passes every keyword to a task factory, name
+# included; 3.13.4 and later 3.13 releases pass the others and set the name
+# afterwards; 3.14 passes everything. From 3.13 on a factory's task must
+# have set_name() (3.11 and 3.12 warn).
+_PY = sys.version_info[:3]
+_CREATE_TASK_TAKES_KWARGS = _PY >= (3, 13, 3)
+_TASK_FACTORY_GETS_NAME = _PY >= (3, 14) or _PY == (3, 13, 3)
+_FACTORY_TASK_NEEDS_SET_NAME = _PY >= (3, 13)
+
 
 def _io_ready(fut, attempt):
     """Reader/writer callback of Loop._wait_io: one non-blocking attempt."""
@@ -261,6 +271,10 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
     # natively when there is no task factory, no debug mode and no keyword
     # beyond name/context; every other call comes here.
     def _create_task(self, coro, *, name=None, context=None, **kwargs):
+        if kwargs and not _CREATE_TASK_TAKES_KWARGS:
+            raise TypeError(
+                f"Loop.create_task() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
         if self.is_closed():
             raise RuntimeError("Event loop is closed")
         factory = self._task_factory
@@ -271,21 +285,20 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
                 task = tasks.Task(coro, loop=self, name=name, context=context)
             if task._source_traceback:
                 del task._source_traceback[-1]
+            return task
+        if context is not None:
+            kwargs["context"] = context
+        if _TASK_FACTORY_GETS_NAME:
+            if name is not None:
+                kwargs["name"] = name
+            return factory(self, coro, **kwargs)
+        task = factory(self, coro, **kwargs)
+        if _FACTORY_TASK_NEEDS_SET_NAME:
+            if name is not None:
+                task.set_name(name)
         else:
-            if context is not None:
-                kwargs["context"] = context
-            if sys.version_info >= (3, 13, 3):
-                # From 3.13.3 on the factory receives every keyword, name included.
-                if name is not None:
-                    kwargs["name"] = name
-                task = factory(self, coro, **kwargs)
-            else:
-                task = factory(self, coro, **kwargs)
-                if name is not None:
-                    try:
-                        task.set_name(name)
-                    except AttributeError:
-                        pass
+            # Warns (DeprecationWarning) when the task has no set_name().
+            tasks._set_task_name(task, name)
         return task
 
     # Argument errors name the public method, as before.
