@@ -269,6 +269,20 @@ def test_call_soon_threadsafe_context(loop):
     assert seen == ["ts"]
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_implicit_contexts_are_separate_copies(loop, method):
+    """Each callback runs in its own copy: what one sets, the next does not
+    see (rloop's call_soon_threadsafe shares one context, and is faster by
+    the copy it skips)."""
+    schedule = getattr(loop, method)
+    seen = []
+    schedule(cvar.set, "first")
+    schedule(lambda: seen.append(cvar.get(None)))
+    run_once(loop)
+    assert seen == [None]
+    assert cvar.get(None) is None
+
+
 def test_call_later_call_at_context(loop):
     ctx = contextvars.Context()
     ctx.run(cvar.set, "timer")
