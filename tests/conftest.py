@@ -11,6 +11,7 @@ Tests that compare both loops directly use :func:`run_scenario_on_both`.
 import asyncio
 import faulthandler
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,14 @@ import pytest
 import tokioloop
 
 LOOP_KINDS = ["asyncio", "tokioloop"]
+
+# A script that starts a job in the background without job control (`cmd &`)
+# leaves SIGINT ignored in it and every process it starts, and Python then
+# keeps it ignored: the Ctrl-C tests (here and in the scripts they run) would
+# test nothing. Python's own handler is restored; exec() turns it back into
+# the default disposition in child processes.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_loop(kind):
