@@ -340,6 +340,13 @@ impl CoreLoop {
         Ok(th)
     }
 
+    /// The last poll left the epoll set settled (`EpollFd::settled`) and at
+    /// most FRESH_POLL_CALLBACKS callbacks ran since.
+    fn recently_settled(&self, st: &LoopState) -> bool {
+        self.epoll.settled()
+            && st.stats.callbacks - st.callbacks_at_last_poll <= FRESH_POLL_CALLBACKS
+    }
+
     /// Parks in the runtime with the GIL released until I/O, a timer deadline
     /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
     ///
@@ -440,17 +447,16 @@ impl CoreLoop {
             };
             let busy = !st.ready.is_empty() || st.stopping || this.remote.has_pending();
             if busy {
-                let since = st.stats.callbacks - st.callbacks_at_last_poll;
                 let poll = if st.poller.has_user_fds() {
                     // The callbacks that the last poll's handlers scheduled
                     // (a task woken by data_received) run before the next
                     // poll, as on uvloop, when that poll left the set
                     // settled: every other busy iteration still polls.
-                    !(this.epoll.settled()
-                        && st.stats.iterations == st.iteration_of_last_poll + 1
-                        && since <= FRESH_POLL_CALLBACKS)
+                    !(this.recently_settled(&st)
+                        && st.stats.iterations == st.iteration_of_last_poll + 1)
                 } else {
-                    !st.poller.is_empty() && since >= WAKEUP_DRAIN_EVERY
+                    !st.poller.is_empty()
+                        && st.stats.callbacks - st.callbacks_at_last_poll >= WAKEUP_DRAIN_EVERY
                 };
                 (Some(0.0), poll, dead, now)
             } else {
@@ -480,8 +486,7 @@ impl CoreLoop {
             // wait without end.
             let (timeout, polled_empty) = {
                 let mut st = this.state.borrow_mut(py);
-                let polled_empty = this.epoll.settled()
-                    && st.stats.callbacks - st.callbacks_at_last_poll <= FRESH_POLL_CALLBACKS;
+                let polled_empty = this.recently_settled(&st);
                 let timeout = match (timeout, st.deadline.as_mut()) {
                     (Some(t), Some(timer)) => {
                         timer.arm(now + t).map_err(|e| {

@@ -555,7 +555,9 @@ unsafe extern "C" fn create_task(
     if let Some(result) = fast {
         return result;
     }
-    let method = ffi::PyObject_GetAttrString(slf, c"_create_task".as_ptr());
+    // Interned: with a task factory set (eager_task_factory, say) every
+    // create_task comes this way.
+    let method = ffi::PyObject_GetAttr(slf, pyo3::intern!(py, "_create_task").as_ptr());
     if method.is_null() {
         return std::ptr::null_mut();
     }
