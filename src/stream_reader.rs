@@ -22,18 +22,47 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyType};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-extern "C" {
-    // Exported by CPython 3.11-3.13 (PyAPI_FUNC): the lookup behind
-    // LOAD_METHOD. 1 and the plain function when `name` resolves to a method
-    // of the type that the instance does not shadow.
-    fn _PyObject_GetMethod(
-        obj: *mut ffi::PyObject,
-        name: *mut ffi::PyObject,
-        method: *mut *mut ffi::PyObject,
-    ) -> std::os::raw::c_int;
-    // Exported by CPython 3.11-3.13: a type's attribute through its MRO and
-    // the method cache, borrowed, no instance involved.
-    fn _PyType_Lookup(tp: *mut ffi::PyTypeObject, name: *mut ffi::PyObject) -> *mut ffi::PyObject;
+/// `_PyObject_GetMethod`: the lookup behind LOAD_METHOD. 1 and the plain
+/// function when `name` resolves to a method of the type that the instance
+/// does not shadow.
+type GetMethodFn = unsafe extern "C" fn(
+    obj: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+    method: *mut *mut ffi::PyObject,
+) -> std::os::raw::c_int;
+/// `_PyType_Lookup`: a type's attribute through its MRO and the method
+/// cache, borrowed, no instance involved.
+type TypeLookupFn = unsafe extern "C" fn(
+    tp: *mut ffi::PyTypeObject,
+    name: *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// The two private CPython functions the fast path needs, looked up in the
+/// running interpreter rather than linked: both are exported by 3.11-3.14,
+/// but a CPython that drops either must still import this module (the fast
+/// path is then off and every read goes through the Python methods).
+struct PrivateApi {
+    get_method: GetMethodFn,
+    type_lookup: TypeLookupFn,
+}
+
+impl PrivateApi {
+    fn resolve() -> Option<PrivateApi> {
+        // SAFETY: dlsym with RTLD_DEFAULT searches the symbols already loaded
+        // (the interpreter's); a non-null result is the function of that
+        // name, whose C signature is the one declared above.
+        unsafe {
+            let gm = libc::dlsym(libc::RTLD_DEFAULT, c"_PyObject_GetMethod".as_ptr());
+            let tl = libc::dlsym(libc::RTLD_DEFAULT, c"_PyType_Lookup".as_ptr());
+            if gm.is_null() || tl.is_null() {
+                return None;
+            }
+            Some(PrivateApi {
+                get_method: std::mem::transmute::<*mut libc::c_void, GetMethodFn>(gm),
+                type_lookup: std::mem::transmute::<*mut libc::c_void, TypeLookupFn>(tl),
+            })
+        }
+    }
 }
 
 /// One of the two stdlib classes and its own methods (and property) that the
@@ -88,13 +117,15 @@ impl Class {
     /// methods still the stdlib's?
     #[cold]
     fn revalidate(&self, py: Python<'_>) -> bool {
-        let _ = py;
+        let Some(api) = private_api(py) else {
+            return false;
+        };
         let ty = self.ty.as_ptr().cast::<ffi::PyTypeObject>();
         // SAFETY: GIL held; _PyType_Lookup returns borrowed references,
         // compared only. It also gives the type a version tag.
         unsafe {
             for (name, f) in &self.methods {
-                if _PyType_Lookup(ty, name.as_ptr()) != f.as_ptr() {
+                if (api.type_lookup)(ty, name.as_ptr()) != f.as_ptr() {
                     return false;
                 }
             }
@@ -106,11 +137,16 @@ impl Class {
 
 /// `obj.name` resolves to the class's own function `f`: no instance
 /// attribute shadows it (one lookup, as LOAD_METHOD makes).
-fn not_shadowed(obj: &Bound<'_, PyAny>, name: &Py<PyString>, f: &Py<PyAny>) -> bool {
+fn not_shadowed(
+    api: &PrivateApi,
+    obj: &Bound<'_, PyAny>,
+    name: &Py<PyString>,
+    f: &Py<PyAny>,
+) -> bool {
     let mut found: *mut ffi::PyObject = std::ptr::null_mut();
     // SAFETY: GIL held; `found` receives a new reference or NULL.
     unsafe {
-        let unbound = _PyObject_GetMethod(obj.as_ptr(), name.as_ptr(), &mut found);
+        let unbound = (api.get_method)(obj.as_ptr(), name.as_ptr(), &mut found);
         if found.is_null() {
             ffi::PyErr_Clear();
             return false;
@@ -139,8 +175,14 @@ struct Originals {
 }
 
 static ORIGINALS: PyOnceLock<Option<Originals>> = PyOnceLock::new();
+static PRIVATE_API: PyOnceLock<Option<PrivateApi>> = PyOnceLock::new();
+
+fn private_api(py: Python<'_>) -> Option<&'static PrivateApi> {
+    PRIVATE_API.get_or_init(py, PrivateApi::resolve).as_ref()
+}
 
 fn originals(py: Python<'_>) -> Option<&Originals> {
+    private_api(py)?;
     ORIGINALS
         .get_or_init(py, || {
             let load = || -> PyResult<Originals> {
@@ -179,7 +221,8 @@ pub(crate) fn data_received(
     // property, which only the class can replace (is_instance checks that).
     // The attributes themselves are read the generic way, as Python does.
     let (name, f) = &o.protocol.methods[0];
-    if !not_shadowed(proto, name, f) {
+    let api = private_api(py)?;
+    if !not_shadowed(api, proto, name, f) {
         return None;
     }
     let wr = attr(proto, intern!(py, "_stream_reader_wr"))?;
@@ -207,7 +250,7 @@ pub(crate) fn data_received(
             .reader
             .methods
             .iter()
-            .all(|(n, f)| not_shadowed(&reader, n, f))
+            .all(|(n, f)| not_shadowed(api, &reader, n, f))
     {
         return None;
     }
