@@ -229,18 +229,21 @@ pub(crate) fn data_received(
     if wr.is_none() {
         return Some(Ok(()));
     }
-    // SAFETY: GIL held; type check, then a borrowed referent made owned at once.
+    // SAFETY: GIL held; type check, then a new reference to the referent.
     let reader = unsafe {
         if ffi::PyWeakref_CheckRefExact(wr.as_ptr()) == 0 {
             return None;
         }
-        #[allow(deprecated)]
-        let r = ffi::PyWeakref_GetObject(wr.as_ptr());
-        if r.is_null() {
-            ffi::PyErr_Clear();
-            return None;
+        let mut r: *mut ffi::PyObject = std::ptr::null_mut();
+        match ffi::compat::PyWeakref_GetRef(wr.as_ptr(), &mut r) {
+            // A dead reference: the property gives None, as below.
+            0 => return Some(Ok(())),
+            1 => Bound::from_owned_ptr(py, r),
+            _ => {
+                ffi::PyErr_Clear();
+                return None;
+            }
         }
-        Bound::from_borrowed_ptr(py, r)
     };
     if reader.is_none() {
         return Some(Ok(()));
