@@ -62,9 +62,9 @@ const MAX_RECYCLE: usize = LARGE_READ;
 
 /// Largest spare filled by a copy out of the shared buffer after a plain
 /// recv() rather than by a two-piece readv(). readv() costs the kernel an
-/// iovec import and the VFS path (~150-200 ns per call, measured on a 1 KiB
-/// loopback send+receive: 6.87 vs 6.68 us with the copy); copying is cheaper
-/// below a few KiB and about even at 10 KiB.
+/// iovec import and the VFS path: 100-300 ns more per 1 KiB loopback
+/// send+read than recv() plus the copy, even at 8 KiB, and the copy loses
+/// beyond (benchmarks/recv_vs_readv.c).
 const SPARE_COPY_MAX: usize = 8 * 1024;
 
 /// Reads up to MAX_READ bytes into a bytes object of the exact size read.
