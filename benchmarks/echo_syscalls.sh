@@ -3,7 +3,9 @@
 # syscall tracepoints; needs root or perf_event_paranoid <= -1), with the
 # server's CPU per request from the same window. What a server does per
 # request (read, write, how many epoll waits) shows here exactly, where
-# echo_bench.py's CPU figures move by +-10% between runs.
+# echo_bench.py's CPU figures move by +-10% between runs. Counting adds its own
+# cost to every syscall: the CPU figures here are higher than echo_bench.py's
+# and compare only with each other.
 #
 #   benchmarks/echo_syscalls.sh [LOOPS] [MODE] [SIZE] [ROUNDS]
 #   benchmarks/echo_syscalls.sh tokioloop,uvloop,rloop protocol 1024 3
