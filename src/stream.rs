@@ -96,18 +96,18 @@ fn read_shared<'py>(
         // Whether the spare is read into directly (a leading iovec) or, when
         // it matches, filled afterwards from `buf`.
         let direct = spare_len > SPARE_COPY_MAX;
-        let iov = [
-            libc::iovec {
-                iov_base: spare_ptr.cast(),
-                iov_len: spare_len,
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len().min(MAX_READ - spare_len),
-            },
-        ];
         let k = loop {
             let r = if direct {
+                let iov = [
+                    libc::iovec {
+                        iov_base: spare_ptr.cast(),
+                        iov_len: spare_len,
+                    },
+                    libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len().min(MAX_READ - spare_len),
+                    },
+                ];
                 libc::readv(fd, iov.as_ptr(), 2)
             } else {
                 libc::recv(fd, buf.as_mut_ptr().cast(), buf.len().min(MAX_READ), 0)

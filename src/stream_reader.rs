@@ -172,6 +172,7 @@ fn attr<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> Option<Bou
 struct Originals {
     protocol: Class,
     reader: Class,
+    api: &'static PrivateApi,
 }
 
 static ORIGINALS: PyOnceLock<Option<Originals>> = PyOnceLock::new();
@@ -182,9 +183,9 @@ fn private_api(py: Python<'_>) -> Option<&'static PrivateApi> {
 }
 
 fn originals(py: Python<'_>) -> Option<&Originals> {
-    private_api(py)?;
     ORIGINALS
         .get_or_init(py, || {
+            let api = private_api(py)?;
             let load = || -> PyResult<Originals> {
                 let streams = py.import("asyncio.streams")?;
                 Ok(Originals {
@@ -198,6 +199,7 @@ fn originals(py: Python<'_>) -> Option<&Originals> {
                         "StreamReader",
                         &["feed_data", "_wakeup_waiter"],
                     )?,
+                    api,
                 })
             };
             load().ok()
@@ -221,7 +223,7 @@ pub(crate) fn data_received(
     // property, which only the class can replace (is_instance checks that).
     // The attributes themselves are read the generic way, as Python does.
     let (name, f) = &o.protocol.methods[0];
-    let api = private_api(py)?;
+    let api = o.api;
     if !not_shadowed(api, proto, name, f) {
         return None;
     }
