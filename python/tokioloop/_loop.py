@@ -279,10 +279,7 @@ class Loop(CoreLoop, NetworkMixin, SubprocessMixin, asyncio.AbstractEventLoop):
             raise RuntimeError("Event loop is closed")
         factory = self._task_factory
         if factory is None:
-            if kwargs:
-                task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            else:
-                task = tasks.Task(coro, loop=self, name=name, context=context)
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
             if task._source_traceback:
                 del task._source_traceback[-1]
             return task
