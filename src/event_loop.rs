@@ -124,6 +124,8 @@ pub struct CoreLoop {
     // unregister anything from those sets.
     owner_pid: u32,
     self_refs: GilRefCell<SelfRefs>,
+    /// Where callbacks scheduled without a context run (contexts.rs).
+    run_ctx: crate::contexts::RunContext,
 }
 
 /// Objects the loop keeps that refer back to it: reported to the GC, and
@@ -613,8 +615,10 @@ impl CoreLoop {
                 let t0 = if timed { now_for_timing() } else { 0.0 };
                 // A panic in our own code under run() must not unwind through
                 // the loop: it is reported like any failing callback.
-                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.run(py)))
-                    .unwrap_or_else(|p| Err(pyhelpers::panic_to_pyerr(p)));
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handle.run(py, Some((&this.run_ctx, h.as_any())))
+                }))
+                .unwrap_or_else(|p| Err(pyhelpers::panic_to_pyerr(p)));
                 ran += 1;
                 let dt = if timed { now_for_timing() - t0 } else { 0.0 };
                 if dt > longest {
@@ -1273,6 +1277,7 @@ impl CoreLoop {
             ),
             owner_pid: std::process::id(),
             self_refs: GilRefCell::new(SelfRefs::default()),
+            run_ctx: crate::contexts::RunContext::new(),
         })
     }
 

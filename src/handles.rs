@@ -1,5 +1,6 @@
 //! `Handle` and `TimerHandle`: the callbacks the loop runs, with asyncio's API.
 
+use crate::contexts::{self, ContextField, RunContext};
 use crate::gil_cell::GilRefCell;
 use crate::pyhelpers;
 use pyo3::basic::CompareOp;
@@ -112,7 +113,8 @@ impl HandleInner {
 #[pyclass(module = "tokioloop._tokioloop", subclass, frozen)]
 pub struct Handle {
     inner: GilRefCell<HandleInner>,
-    context: Py<PyAny>,
+    // A Context, or the caller's variables alone (see contexts.rs).
+    context: ContextField,
     debug: bool,
     /// Set for a native transport's readiness callback (`with_native`): the
     /// callback is that transport's own bound Rust method, which `run` calls
@@ -156,7 +158,7 @@ impl Handle {
                     })
                 }),
             }),
-            context,
+            context: ContextField::new(context),
             debug,
             native: None,
             uncounted: false,
@@ -178,8 +180,14 @@ impl Handle {
 
     /// Runs the callback inside the handle's context. The error, if any, is
     /// returned untouched: the loop decides whether it propagates or goes to
-    /// the exception handler.
-    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+    /// the exception handler. A snapshot handle runs in the loop's
+    /// `RunContext` (see contexts.rs; `obj` is this handle's object), or in a
+    /// Context of its own when none is given.
+    pub fn run(
+        &self,
+        py: Python<'_>,
+        run_ctx: Option<(&RunContext, &Bound<'_, PyAny>)>,
+    ) -> PyResult<()> {
         let (cb, args) = {
             let inner = self.inner.borrow_mut(py);
             if inner.cancelled {
@@ -199,14 +207,100 @@ impl Handle {
             }
         };
         let ctx = self.context.as_ptr();
-        // SAFETY: all pointers are live Python objects owned above; the GIL is held.
+        // SAFETY: GIL held; a live object.
+        if unsafe { contexts::is_snapshot(ctx) } {
+            return match run_ctx {
+                // SAFETY: GIL held; `ctx` is this handle's snapshot.
+                Some((rc, obj)) => unsafe {
+                    self.run_in_loop_context(py, rc, obj.as_ptr(), ctx, &cb, &args)
+                },
+                None => {
+                    let own = self.own_context(py)?;
+                    // SAFETY: as below; `own` is the handle's (live) context.
+                    unsafe { self.call_in(py, own, &cb, &args) }
+                }
+            };
+        }
+        // SAFETY: `ctx` is the handle's live context; the GIL is held.
+        unsafe { self.call_in(py, ctx, &cb, &args) }
+    }
+
+    /// A snapshot handle's run: the loop's context takes the snapshot's
+    /// variables and stands as this handle's context for the run. If anyone
+    /// may still look at it afterwards (the context is held elsewhere, or the
+    /// handle is: `get_context()` would show the callback's changes), it stays
+    /// this handle's context for good; otherwise it is emptied and reused.
+    ///
+    /// # Safety
+    /// GIL held; `obj` is this handle's object, `snapshot` the value of
+    /// `self.context`.
+    unsafe fn run_in_loop_context(
+        &self,
+        py: Python<'_>,
+        rc: &RunContext,
+        obj: *mut ffi::PyObject,
+        snapshot: *mut ffi::PyObject,
+        cb: &Bound<'_, PyAny>,
+        args: &CallArgs<'_>,
+    ) -> PyResult<()> {
+        let ctx = rc.take(py);
+        if ctx.is_null() {
+            return Err(pyhelpers::take_raised(py));
+        }
+        rc.load(ctx, snapshot);
+        ffi::Py_INCREF(ctx);
+        // The field's reference to the snapshot is ours until it goes back.
+        let snapshot = self.context.replace_raw(ctx);
+        let res = self.call_in(py, ctx, cb, args);
+        // Context: ours and the field's; handle: the loop's alone.
+        if ffi::Py_REFCNT(ctx) == 2 && ffi::Py_REFCNT(obj) == 1 {
+            let back = self.context.replace_raw(snapshot);
+            ffi::Py_DECREF(back);
+            rc.give_back(py, ctx);
+        } else {
+            ffi::Py_DECREF(snapshot);
+            ffi::Py_DECREF(ctx);
+        }
+        res
+    }
+
+    /// The handle's Context, made from its snapshot if it has one (from then
+    /// on the handle keeps and runs in that object). Borrowed.
+    fn own_context(&self, py: Python<'_>) -> PyResult<*mut ffi::PyObject> {
+        let p = self.context.as_ptr();
+        // SAFETY: GIL held; `p` is live; the replaced reference is released
+        // after the field already holds the new one.
         unsafe {
+            if contexts::is_snapshot(p) {
+                let c = contexts::context_from(p);
+                if c.is_null() {
+                    return Err(pyhelpers::take_raised(py));
+                }
+                ffi::Py_DECREF(self.context.replace_raw(c));
+            }
+        }
+        Ok(self.context.as_ptr())
+    }
+
+    /// Calls the callback inside `ctx`.
+    ///
+    /// # Safety
+    /// GIL held; `ctx` is a live object held for the call's duration.
+    #[inline(always)]
+    unsafe fn call_in(
+        &self,
+        py: Python<'_>,
+        ctx: *mut ffi::PyObject,
+        cb: &Bound<'_, PyAny>,
+        args: &CallArgs<'_>,
+    ) -> PyResult<()> {
+        {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(pyhelpers::take_raised(py));
             }
-            let res = match &args {
+            let res = match args {
                 CallArgs::Empty if self.native.is_some() => {
-                    return self.run_native(py, &cb, ctx);
+                    return self.run_native(py, cb, ctx);
                 }
                 CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
                 CallArgs::One(a) => {
@@ -404,11 +498,14 @@ impl Handle {
         self.is_cancelled(py)
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let ctx = self.own_context(py)?;
         // Shared from now on: the GC must see it (see `traverse_loop_owned`).
         // SAFETY: GIL held; a live object.
-        unsafe { track_context(self.context.as_ptr()) };
-        self.context.clone_ref(py)
+        unsafe {
+            track_context(ctx);
+            Ok(Bound::from_borrowed_ptr(py, ctx).unbind())
+        }
     }
 
     #[getter]
@@ -432,7 +529,7 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.get_context(py)
     }
 
@@ -445,10 +542,10 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if crate::gil_cell::is_null_py(&self.context) {
+        if crate::gil_cell::is_null_py(self.context.get()) {
             return Ok(());
         }
-        visit.call(&self.context)?;
+        visit.call(self.context.get())?;
         if let Some(inner) = self.inner.try_borrow_mut_in_gc() {
             inner.traverse(&visit)?;
         }
@@ -470,7 +567,7 @@ impl Handle {
     /// loop's exception handler (for code that drives handles by hand).
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        match slf.get().run(py) {
+        match slf.get().run(py, None) {
             Ok(()) => Ok(()),
             Err(e) if pyhelpers::is_exit_exception(py, &e) => Err(e),
             Err(e) => pyhelpers::report_callback_error(py, None, slf.as_any(), e),
@@ -732,7 +829,7 @@ unsafe extern "C" fn handle_traverse(
     }
     let h = &*handle_value(obj);
     // Zero-filled: allocated but not yet initialised (see Handle::__traverse__).
-    if crate::gil_cell::is_null_py(&h.context) {
+    if crate::gil_cell::is_null_py(h.context.get()) {
         return 0;
     }
     let r = visit(h.context.as_ptr(), arg);
@@ -784,13 +881,13 @@ impl Handle {
         }
         // SAFETY: GIL held; a live object.
         unsafe { track_context(context.as_ptr()) };
-        drop(context.into_bound(py));
+        drop(context.into_inner().into_bound(py));
     }
 }
 
 unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
     let p = handle_value(obj).cast_mut();
-    if crate::gil_cell::is_null_py(&(*p).context) {
+    if crate::gil_cell::is_null_py((*p).context.get()) {
         return;
     }
     let py = Python::assume_attached();
@@ -812,7 +909,7 @@ unsafe fn drop_handle_value(obj: *mut ffi::PyObject) {
     // A context's own dealloc untracks it unconditionally: it must be tracked
     // when its last reference goes (ours, if the loop owned the handle).
     track_context(h.context.as_ptr());
-    drop(std::ptr::read(&h.context).into_bound(py));
+    drop(std::ptr::read(h.context.get()).into_bound(py));
 }
 
 unsafe fn free_instance(obj: *mut ffi::PyObject, uncounted: bool) {
@@ -954,8 +1051,12 @@ unsafe fn alloc_fast(
     ctx: *mut ffi::PyObject,
     scheduled: bool,
 ) -> *mut ffi::PyObject {
+    let snapshot = contexts::layout();
     let context = if ctx.is_null() {
-        let c = ffi::PyContext_CopyCurrent();
+        let c = match snapshot {
+            Some(l) => contexts::snapshot_current(l),
+            None => ffi::PyContext_CopyCurrent(),
+        };
         if c.is_null() {
             return c;
         }
@@ -969,7 +1070,7 @@ unsafe fn alloc_fast(
         ffi::Py_DECREF(context);
         return obj;
     }
-    if ctx.is_null() {
+    if ctx.is_null() && snapshot.is_none() {
         // Our own copy, held by this loop-owned handle alone: untracked like
         // the handle (see `traverse_loop_owned`).
         ffi::PyObject_GC_UnTrack(context.cast());
@@ -992,7 +1093,7 @@ unsafe fn alloc_fast(
                 scheduled,
                 debug_info: None,
             }),
-            context: Bound::from_owned_ptr(py, context).unbind(),
+            context: ContextField::new(Bound::from_owned_ptr(py, context).unbind()),
             debug: false,
             native: None,
             uncounted,
@@ -1245,10 +1346,10 @@ pub fn traverse_loop_owned<T>(h: &Py<T>, visit: &PyVisit<'_>) -> Result<(), PyTr
             return visit.call(h);
         }
         let v = &*handle_value(p);
-        if crate::gil_cell::is_null_py(&v.context) {
+        if crate::gil_cell::is_null_py(v.context.get()) {
             return Ok(());
         }
-        traverse_owned_context(&v.context, visit)?;
+        traverse_owned_context(v.context.get(), visit)?;
         // A busy cell is skipped in every pass alike (see try_borrow_mut_in_gc).
         if let Some(inner) = v.inner.try_borrow_mut_in_gc() {
             inner.traverse(visit)?;

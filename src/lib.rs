@@ -9,6 +9,7 @@
 
 mod bound_method;
 mod clock;
+mod contexts;
 mod datagram;
 mod deadline;
 mod event_loop;
@@ -44,6 +45,7 @@ fn _panic_for_tests(message: &str) {
 
 #[pymodule]
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    contexts::install(m.py());
     m.add_class::<event_loop::CoreLoop>()?;
     fastcall::install(m.py())?;
     bound_method::install(m.py())?;
@@ -55,6 +57,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<datagram::DatagramTransport>()?;
     stream::install(m.py())?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(contexts::_context_snapshots, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sock_ops::_sock_sendall, m)?)?;

@@ -17,6 +17,7 @@ __all__ = [
     "StreamTransport",
     "DatagramTransport",
     "__version__",
+    "_context_snapshots",
     "_panic_for_tests",
     "_sock_recv",
     "_sock_recv_into",
@@ -44,6 +45,9 @@ def _sock_cancel(lp: CoreLoop, sock: Any, fut: Any) -> None: ...
 
 # Test hook: panics in Rust on purpose (reaches Python as PanicException).
 def _panic_for_tests(message: str) -> None: ...
+
+# Whether handles keep their caller's context variables rather than a Context copy (contexts.rs).
+def _context_snapshots() -> bool: ...
 
 @disjoint_base
 class Handle:

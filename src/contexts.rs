@@ -1,0 +1,335 @@
+//! Implicit contexts without a Context object per pending handle.
+//!
+//! asyncio copies the current context for every callback scheduled without
+//! `context=`: a new Context object that shares the caller's (immutable)
+//! variable map. Thousands of those pending at once (a thread filling the
+//! queue through call_soon_threadsafe for a whole GIL switch interval) cost
+//! more in allocations and cache misses than the callbacks themselves: one
+//! shared object measured about +25% call_soon_threadsafe throughput.
+//!
+//! So a handle the loop schedules keeps only the caller's variable map (its
+//! "snapshot"), and the loop runs such a callback in a Context of its own
+//! whose map it sets to the snapshot just before the run. What a callback
+//! sees and what it changes are exactly what asyncio gives:
+//! - it sees its caller's variables as they were at scheduling time;
+//! - when nothing kept the run context (the common case), the map is emptied
+//!   after the run and the object reused: the callback's changes reach nobody;
+//! - when anything did keep it (a `Token` refers to its Context, the callback
+//!   asked its handle for `get_context()`), the object, with the callback's
+//!   changes, becomes that handle's context for good, and the loop takes a new
+//!   one for the next run;
+//! - a handle whose context is asked for while it is pending (`get_context()`,
+//!   `_run()` by hand, a nested run) gets a Context of its own from then on.
+//!
+//! Setting a Context's map is outside the public C API. The field's place
+//! (right after `ctx_prev`, in every CPython from 3.7 to 3.14) is checked at
+//! start-up by behaviour, and any surprise leaves the scheme off: a copy per
+//! handle, as asyncio does. `TOKIOLOOP_CONTEXT_COPIES=1` turns it off too.
+
+use crate::gil_cell::GilRefCell;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::ffi::CStr;
+use std::sync::OnceLock;
+
+pub struct Layout {
+    /// The type of a variable map (CPython's `hamt`).
+    map_type: *mut ffi::PyTypeObject,
+    /// Byte offset of `ctx_vars` in a Context.
+    vars_off: usize,
+    /// The empty map (a strong reference, kept for the process's life).
+    empty: *mut ffi::PyObject,
+}
+
+// SAFETY: plain pointers to process-long objects, only dereferenced with the GIL held.
+unsafe impl Send for Layout {}
+unsafe impl Sync for Layout {}
+
+static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
+
+#[inline(always)]
+pub fn layout() -> Option<&'static Layout> {
+    LAYOUT.get().and_then(|l| l.as_ref())
+}
+
+/// Probes the Context layout once, at module initialisation.
+pub fn install(py: Python<'_>) {
+    LAYOUT.get_or_init(|| {
+        if std::env::var_os("TOKIOLOOP_CONTEXT_COPIES").is_some_and(|v| v != "0") {
+            return None;
+        }
+        // SAFETY: GIL held; every object is owned through a Bound and checked
+        // before use; nothing is written until the layout has been confirmed.
+        let found = unsafe { probe(py) };
+        if found.is_none() {
+            // SAFETY: GIL held.
+            unsafe { ffi::PyErr_Clear() };
+        }
+        found
+    });
+}
+
+/// Whether the snapshot scheme is on in this process (for the tests).
+#[pyfunction]
+pub fn _context_snapshots() -> bool {
+    layout().is_some()
+}
+
+#[inline(always)]
+unsafe fn vars_slot(ctx: *mut ffi::PyObject, off: usize) -> *mut *mut ffi::PyObject {
+    ctx.cast::<u8>().add(off).cast()
+}
+
+unsafe fn owned(py: Python<'_>, p: *mut ffi::PyObject) -> Option<Bound<'_, PyAny>> {
+    Bound::from_owned_ptr_or_opt(py, p)
+}
+
+/// What `var` holds in `ctx` (entered for the read): `Some(true)` for
+/// `True`, `Some(false)` when unset, `None` for anything else or an error.
+unsafe fn reads_true(ctx: &Bound<'_, PyAny>, var: &Bound<'_, PyAny>) -> Option<bool> {
+    if ffi::PyContext_Enter(ctx.as_ptr()) < 0 {
+        return None;
+    }
+    let mut out = std::ptr::null_mut();
+    let r = ffi::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut out);
+    let exited = ffi::PyContext_Exit(ctx.as_ptr()) >= 0;
+    let seen = if out.is_null() {
+        Some(false)
+    } else {
+        let t = out == ffi::Py_True();
+        ffi::Py_DECREF(out);
+        t.then_some(true)
+    };
+    if exited && r >= 0 {
+        seen
+    } else {
+        None
+    }
+}
+
+unsafe fn probe(py: Python<'_>) -> Option<Layout> {
+    // PyObject_HEAD, then `ctx_prev`, then `ctx_vars`.
+    let off = std::mem::size_of::<ffi::PyObject>() + std::mem::size_of::<usize>();
+    let word = |o: &Bound<'_, PyAny>, at: usize| *o.as_ptr().cast::<u8>().add(at).cast::<usize>();
+    let a = owned(py, ffi::PyContext_New())?;
+    let map = *vars_slot(a.as_ptr(), off);
+    if map.is_null() || ffi::Py_REFCNT(map) < 1 {
+        return None;
+    }
+    let map_type = ffi::Py_TYPE(map);
+    if CStr::from_ptr((*map_type).tp_name) != c"hamt" {
+        return None;
+    }
+    // A fresh context: no previous context, no weak references, not entered.
+    if word(&a, off - std::mem::size_of::<usize>()) != 0
+        || word(&a, off + std::mem::size_of::<usize>()) != 0
+    {
+        return None;
+    }
+    // A copy shares the map.
+    let b = owned(py, ffi::PyContext_Copy(a.as_ptr()))?;
+    if *vars_slot(b.as_ptr(), off) != map {
+        return None;
+    }
+    // Setting a variable inside `b` gives `b` (only) a new map.
+    let var = owned(
+        py,
+        ffi::PyContextVar_New(c"tokioloop_probe".as_ptr(), std::ptr::null_mut()),
+    )?;
+    if ffi::PyContext_Enter(b.as_ptr()) < 0 {
+        return None;
+    }
+    let token = ffi::PyContextVar_Set(var.as_ptr(), ffi::Py_True());
+    if ffi::PyContext_Exit(b.as_ptr()) < 0 {
+        return None;
+    }
+    drop(owned(py, token)?);
+    let b_map = *vars_slot(b.as_ptr(), off);
+    if b_map == map || *vars_slot(a.as_ptr(), off) != map || ffi::Py_TYPE(b_map) != map_type {
+        return None;
+    }
+    // What a variable reads in `a` follows the map written into it.
+    let empty = map;
+    ffi::Py_INCREF(empty);
+    let l = Layout {
+        map_type,
+        vars_off: off,
+        empty,
+    };
+    set_vars(&l, a.as_ptr(), b_map);
+    let ok_set = reads_true(&a, &var) == Some(true);
+    set_vars(&l, a.as_ptr(), empty);
+    let ok_empty = reads_true(&a, &var) == Some(false);
+    if ok_set && ok_empty {
+        Some(l)
+    } else {
+        ffi::Py_DECREF(empty);
+        None
+    }
+}
+
+/// Replaces `ctx`'s variable map with `map`. The old map is released last:
+/// its values' finalizers may run.
+///
+/// # Safety
+/// GIL held; `ctx` is a Context that no frame is running in, `map` a map.
+#[inline(always)]
+unsafe fn set_vars(l: &Layout, ctx: *mut ffi::PyObject, map: *mut ffi::PyObject) {
+    let slot = vars_slot(ctx, l.vars_off);
+    ffi::Py_INCREF(map);
+    let old = std::ptr::replace(slot, map);
+    ffi::Py_XDECREF(old);
+}
+
+/// A new reference to the current context's variable map, or null with an
+/// error set.
+///
+/// # Safety
+/// GIL held.
+#[inline(always)]
+pub unsafe fn snapshot_current(l: &Layout) -> *mut ffi::PyObject {
+    // The copy comes from (and goes back to) CPython's free list.
+    let c = ffi::PyContext_CopyCurrent();
+    if c.is_null() {
+        return c;
+    }
+    let map = *vars_slot(c, l.vars_off);
+    ffi::Py_INCREF(map);
+    ffi::Py_DECREF(c);
+    map
+}
+
+/// Whether `o` is a snapshot rather than a Context (or anything a user passed).
+///
+/// # Safety
+/// GIL held; `o` is a live object.
+#[inline(always)]
+pub unsafe fn is_snapshot(o: *mut ffi::PyObject) -> bool {
+    match layout() {
+        Some(l) => ffi::Py_TYPE(o) == l.map_type,
+        None => false,
+    }
+}
+
+/// A new Context holding `map`'s variables (new reference, or null with an
+/// error set).
+///
+/// # Safety
+/// GIL held; `map` is a snapshot.
+pub unsafe fn context_from(map: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    let Some(l) = layout() else {
+        ffi::PyErr_SetString(
+            ffi::PyExc_RuntimeError,
+            c"tokioloop: context snapshot without a probed layout".as_ptr(),
+        );
+        return std::ptr::null_mut();
+    };
+    let c = ffi::PyContext_New();
+    if !c.is_null() {
+        set_vars(l, c, map);
+    }
+    c
+}
+
+/// The Context a loop runs snapshot handles in, reused while nobody else
+/// holds it. Empty while a run has it (a nested run makes its own).
+pub struct RunContext(GilRefCell<Option<Py<PyAny>>>);
+
+impl RunContext {
+    pub fn new() -> Self {
+        RunContext(GilRefCell::new(None))
+    }
+
+    /// A Context (new reference, map empty or null with an error set) to
+    /// run a snapshot handle in.
+    ///
+    /// # Safety
+    /// GIL held.
+    #[inline(always)]
+    pub unsafe fn take(&self, py: Python<'_>) -> *mut ffi::PyObject {
+        let kept = self.0.try_borrow_mut(py).and_then(|mut s| s.take());
+        match kept {
+            Some(c) => c.into_ptr(),
+            None => ffi::PyContext_New(),
+        }
+    }
+
+    /// Loads `map` into `ctx` (from `take`).
+    ///
+    /// # Safety
+    /// GIL held; `ctx` from `take`, not entered; `map` a snapshot.
+    #[inline(always)]
+    pub unsafe fn load(&self, ctx: *mut ffi::PyObject, map: *mut ffi::PyObject) {
+        if let Some(l) = layout() {
+            set_vars(l, ctx, map);
+        }
+    }
+
+    /// Takes back `ctx` (our reference) after a run that left nobody else
+    /// holding it: its map is emptied (the callback's values go now, as a
+    /// per-handle copy's would) and the object kept for the next run.
+    ///
+    /// # Safety
+    /// GIL held; `ctx` from `take`, exited, its reference count 1.
+    #[inline(always)]
+    pub unsafe fn give_back(&self, py: Python<'_>, ctx: *mut ffi::PyObject) {
+        if let Some(l) = layout() {
+            set_vars(l, ctx, l.empty);
+        }
+        let ctx = Bound::from_owned_ptr(py, ctx).unbind();
+        if let Some(mut slot) = self.0.try_borrow_mut(py) {
+            if slot.is_none() {
+                *slot = Some(ctx);
+                return;
+            }
+        }
+        drop(ctx.into_bound(py));
+    }
+}
+
+impl Default for RunContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A handle's context: a Context, or a snapshot until someone needs the
+/// object. Replaced only with the GIL held (see `Handle::own_context`).
+pub struct ContextField(std::cell::UnsafeCell<Py<PyAny>>);
+
+// SAFETY: read and replaced only with the GIL held (the extension is not
+// free-threaded), so no two threads touch it at once.
+unsafe impl Sync for ContextField {}
+
+impl ContextField {
+    pub fn new(c: Py<PyAny>) -> Self {
+        ContextField(std::cell::UnsafeCell::new(c))
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> &Py<PyAny> {
+        // SAFETY: replacements happen under the GIL and never while a
+        // reference from here is in use (callers copy the pointer out).
+        unsafe { &*self.0.get() }
+    }
+
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.get().as_ptr()
+    }
+
+    /// Puts `new` (a reference handed over) in place and returns the old
+    /// value's reference.
+    ///
+    /// # Safety
+    /// GIL held; no reference from `get` is alive.
+    #[inline(always)]
+    pub unsafe fn replace_raw(&self, new: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        let slot = self.0.get().cast::<*mut ffi::PyObject>();
+        std::ptr::replace(slot, new)
+    }
+
+    pub fn into_inner(self) -> Py<PyAny> {
+        self.0.into_inner()
+    }
+}
