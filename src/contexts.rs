@@ -25,8 +25,10 @@
 //! (right after `ctx_prev`, in every CPython from 3.7 to 3.14) is checked at
 //! start-up by behaviour, and any surprise leaves the scheme off: a copy per
 //! handle, as asyncio does. `TOKIOLOOP_CONTEXT_COPIES=1` turns it off too.
+//! The caller's map is read from the thread state's current context (found
+//! at start-up the same way: the one word of the thread state that follows
+//! entering and leaving two contexts), else from a throw-away copy.
 
-use crate::gil_cell::GilRefCell;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::ffi::CStr;
@@ -39,6 +41,9 @@ pub struct Layout {
     vars_off: usize,
     /// The empty map (a strong reference, kept for the process's life).
     empty: *mut ffi::PyObject,
+    /// Byte offset of the current context (`context`) in a PyThreadState,
+    /// when found: the snapshot is then read without copying a Context.
+    tstate_ctx_off: Option<usize>,
 }
 
 // SAFETY: plain pointers to process-long objects, only dereferenced with the GIL held.
@@ -69,10 +74,16 @@ pub fn install(py: Python<'_>) {
     });
 }
 
-/// Whether the snapshot scheme is on in this process (for the tests).
+/// How this process schedules implicit contexts (for the tests): "off" (a
+/// Context copy per handle), "snapshot" (the caller's map, read through a
+/// throw-away copy) or "snapshot, thread state" (read from the thread state).
 #[pyfunction]
-pub fn _context_snapshots() -> bool {
-    layout().is_some()
+pub fn _context_snapshots() -> &'static str {
+    match layout() {
+        None => "off",
+        Some(l) if l.tstate_ctx_off.is_some() => "snapshot, thread state",
+        Some(_) => "snapshot",
+    }
 }
 
 #[inline(always)]
@@ -151,21 +162,76 @@ unsafe fn probe(py: Python<'_>) -> Option<Layout> {
     // What a variable reads in `a` follows the map written into it.
     let empty = map;
     ffi::Py_INCREF(empty);
-    let l = Layout {
+    let mut l = Layout {
         map_type,
         vars_off: off,
         empty,
+        tstate_ctx_off: None,
     };
     set_vars(&l, a.as_ptr(), b_map);
     let ok_set = reads_true(&a, &var) == Some(true);
     set_vars(&l, a.as_ptr(), empty);
     let ok_empty = reads_true(&a, &var) == Some(false);
     if ok_set && ok_empty {
+        l.tstate_ctx_off = probe_tstate(py, &l, &b);
         Some(l)
     } else {
         ffi::Py_DECREF(empty);
         None
     }
+}
+
+/// Words of the thread state searched for its current context: the field
+/// sits at byte 224 (3.11) or 208 (3.12, 3.13), inside every version's struct.
+const TSTATE_SCAN_WORDS: usize = 36;
+
+/// Finds the thread state's current-context field: the one word (of the
+/// first `TSTATE_SCAN_WORDS`) that holds each context entered, in turn, and
+/// no longer holds it once left; then checks a snapshot read through it.
+unsafe fn probe_tstate(py: Python<'_>, l: &Layout, with_var: &Bound<'_, PyAny>) -> Option<usize> {
+    let ts = ffi::PyThreadState_Get().cast::<usize>();
+    if ts.is_null() {
+        return None;
+    }
+    let word = |i: usize| std::ptr::read_volatile(ts.add(i));
+    let c1 = owned(py, ffi::PyContext_New())?;
+    let c2 = owned(py, ffi::PyContext_New())?;
+    let (p1, p2) = (c1.as_ptr() as usize, c2.as_ptr() as usize);
+    if ffi::PyContext_Enter(c1.as_ptr()) < 0 {
+        return None;
+    }
+    let mut found: Vec<usize> = (0..TSTATE_SCAN_WORDS).filter(|&i| word(i) == p1).collect();
+    if ffi::PyContext_Enter(c2.as_ptr()) == 0 {
+        found.retain(|&i| word(i) == p2);
+        if ffi::PyContext_Exit(c2.as_ptr()) < 0 {
+            found.clear();
+        }
+    } else {
+        found.clear();
+    }
+    found.retain(|&i| word(i) == p1);
+    if ffi::PyContext_Exit(c1.as_ptr()) < 0 {
+        return None;
+    }
+    found.retain(|&i| word(i) != p1);
+    let [i] = found[..] else {
+        return None;
+    };
+    let off = i * std::mem::size_of::<usize>();
+    // A snapshot taken inside `with_var` is its map.
+    let probe = Layout {
+        map_type: l.map_type,
+        vars_off: l.vars_off,
+        empty: l.empty,
+        tstate_ctx_off: Some(off),
+    };
+    if ffi::PyContext_Enter(with_var.as_ptr()) < 0 {
+        return None;
+    }
+    let seen = snapshot_current(&probe);
+    let exited = ffi::PyContext_Exit(with_var.as_ptr()) >= 0;
+    let seen = owned(py, seen)?;
+    (exited && seen.as_ptr() == *vars_slot(with_var.as_ptr(), l.vars_off)).then_some(off)
 }
 
 /// Replaces `ctx`'s variable map with `map`. The old map is released last:
@@ -188,6 +254,16 @@ unsafe fn set_vars(l: &Layout, ctx: *mut ffi::PyObject, map: *mut ffi::PyObject)
 /// GIL held.
 #[inline(always)]
 pub unsafe fn snapshot_current(l: &Layout) -> *mut ffi::PyObject {
+    if let Some(off) = l.tstate_ctx_off {
+        let ts = ffi::PyThreadState_Get();
+        let cur = *ts.cast::<u8>().add(off).cast::<*mut ffi::PyObject>();
+        // Null until the thread first needs a context: the copy below makes it.
+        if !cur.is_null() {
+            let map = *vars_slot(cur, l.vars_off);
+            ffi::Py_INCREF(map);
+            return map;
+        }
+    }
     // The copy comes from (and goes back to) CPython's free list.
     let c = ffi::PyContext_CopyCurrent();
     if c.is_null() {
@@ -232,25 +308,32 @@ pub unsafe fn context_from(map: *mut ffi::PyObject) -> *mut ffi::PyObject {
 }
 
 /// The Context a loop runs snapshot handles in, reused while nobody else
-/// holds it. Empty while a run has it (a nested run makes its own).
-pub struct RunContext(GilRefCell<Option<Py<PyAny>>>);
+/// holds it (a strong reference, or null). Null while a run has it: a nested
+/// run makes its own.
+pub struct RunContext(std::cell::Cell<*mut ffi::PyObject>);
+
+// SAFETY: read and written only with the GIL held (the extension is not
+// free-threaded), so no two threads touch it at once.
+unsafe impl Sync for RunContext {}
+unsafe impl Send for RunContext {}
 
 impl RunContext {
     pub fn new() -> Self {
-        RunContext(GilRefCell::new(None))
+        RunContext(std::cell::Cell::new(std::ptr::null_mut()))
     }
 
-    /// A Context (new reference, map empty or null with an error set) to
+    /// A Context (new reference, map empty; or null with an error set) to
     /// run a snapshot handle in.
     ///
     /// # Safety
     /// GIL held.
     #[inline(always)]
-    pub unsafe fn take(&self, py: Python<'_>) -> *mut ffi::PyObject {
-        let kept = self.0.try_borrow_mut(py).and_then(|mut s| s.take());
-        match kept {
-            Some(c) => c.into_ptr(),
-            None => ffi::PyContext_New(),
+    pub unsafe fn take(&self) -> *mut ffi::PyObject {
+        let kept = self.0.replace(std::ptr::null_mut());
+        if kept.is_null() {
+            ffi::PyContext_New()
+        } else {
+            kept
         }
     }
 
@@ -272,24 +355,34 @@ impl RunContext {
     /// # Safety
     /// GIL held; `ctx` from `take`, exited, its reference count 1.
     #[inline(always)]
-    pub unsafe fn give_back(&self, py: Python<'_>, ctx: *mut ffi::PyObject) {
+    pub unsafe fn give_back(&self, ctx: *mut ffi::PyObject) {
         if let Some(l) = layout() {
+            // Finalizers may run here (and nested runs take and give back).
             set_vars(l, ctx, l.empty);
         }
-        let ctx = Bound::from_owned_ptr(py, ctx).unbind();
-        if let Some(mut slot) = self.0.try_borrow_mut(py) {
-            if slot.is_none() {
-                *slot = Some(ctx);
-                return;
-            }
+        if self.0.get().is_null() {
+            self.0.set(ctx);
+        } else {
+            ffi::Py_DECREF(ctx);
         }
-        drop(ctx.into_bound(py));
     }
 }
 
 impl Default for RunContext {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Drop for RunContext {
+    fn drop(&mut self) {
+        let kept = self.0.replace(std::ptr::null_mut());
+        if !kept.is_null() {
+            // A loop is dropped by its tp_dealloc, under the GIL; if the
+            // interpreter is gone, the object goes with it.
+            // SAFETY: our strong reference, released with the GIL held.
+            Python::try_attach(|py| drop(unsafe { Bound::from_owned_ptr(py, kept) }));
+        }
     }
 }
 

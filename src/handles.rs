@@ -243,7 +243,7 @@ impl Handle {
         cb: &Bound<'_, PyAny>,
         args: &CallArgs<'_>,
     ) -> PyResult<()> {
-        let ctx = rc.take(py);
+        let ctx = rc.take();
         if ctx.is_null() {
             return Err(pyhelpers::take_raised(py));
         }
@@ -256,7 +256,7 @@ impl Handle {
         if ffi::Py_REFCNT(ctx) == 2 && ffi::Py_REFCNT(obj) == 1 {
             let back = self.context.replace_raw(snapshot);
             ffi::Py_DECREF(back);
-            rc.give_back(py, ctx);
+            rc.give_back(ctx);
         } else {
             ffi::Py_DECREF(snapshot);
             ffi::Py_DECREF(ctx);
