@@ -275,16 +275,14 @@ pub unsafe fn snapshot_current(l: &Layout) -> *mut ffi::PyObject {
     map
 }
 
-/// Whether `o` is a snapshot rather than a Context (or anything a user passed).
+/// The layout, when `o` is a snapshot rather than a Context (or anything a
+/// user passed): snapshots exist only once the layout was confirmed.
 ///
 /// # Safety
 /// GIL held; `o` is a live object.
 #[inline(always)]
-pub unsafe fn is_snapshot(o: *mut ffi::PyObject) -> bool {
-    match layout() {
-        Some(l) => ffi::Py_TYPE(o) == l.map_type,
-        None => false,
-    }
+pub unsafe fn snapshot_layout(o: *mut ffi::PyObject) -> Option<&'static Layout> {
+    layout().filter(|l| ffi::Py_TYPE(o) == l.map_type)
 }
 
 /// A new Context holding `map`'s variables (new reference, or null with an
@@ -292,14 +290,7 @@ pub unsafe fn is_snapshot(o: *mut ffi::PyObject) -> bool {
 ///
 /// # Safety
 /// GIL held; `map` is a snapshot.
-pub unsafe fn context_from(map: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    let Some(l) = layout() else {
-        ffi::PyErr_SetString(
-            ffi::PyExc_RuntimeError,
-            c"tokioloop: context snapshot without a probed layout".as_ptr(),
-        );
-        return std::ptr::null_mut();
-    };
+pub unsafe fn context_from(l: &Layout, map: *mut ffi::PyObject) -> *mut ffi::PyObject {
     let c = ffi::PyContext_New();
     if !c.is_null() {
         set_vars(l, c, map);
@@ -342,10 +333,8 @@ impl RunContext {
     /// # Safety
     /// GIL held; `ctx` from `take`, not entered; `map` a snapshot.
     #[inline(always)]
-    pub unsafe fn load(&self, ctx: *mut ffi::PyObject, map: *mut ffi::PyObject) {
-        if let Some(l) = layout() {
-            set_vars(l, ctx, map);
-        }
+    pub unsafe fn load(&self, l: &Layout, ctx: *mut ffi::PyObject, map: *mut ffi::PyObject) {
+        set_vars(l, ctx, map);
     }
 
     /// Takes back `ctx` (our reference) after a run that left nobody else
@@ -355,11 +344,9 @@ impl RunContext {
     /// # Safety
     /// GIL held; `ctx` from `take`, exited, its reference count 1.
     #[inline(always)]
-    pub unsafe fn give_back(&self, ctx: *mut ffi::PyObject) {
-        if let Some(l) = layout() {
-            // Finalizers may run here (and nested runs take and give back).
-            set_vars(l, ctx, l.empty);
-        }
+    pub unsafe fn give_back(&self, l: &Layout, ctx: *mut ffi::PyObject) {
+        // Finalizers may run here (and nested runs take and give back).
+        set_vars(l, ctx, l.empty);
         if self.0.get().is_null() {
             self.0.set(ctx);
         } else {

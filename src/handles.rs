@@ -208,11 +208,11 @@ impl Handle {
         };
         let ctx = self.context.as_ptr();
         // SAFETY: GIL held; a live object.
-        if unsafe { contexts::is_snapshot(ctx) } {
+        if let Some(l) = unsafe { contexts::snapshot_layout(ctx) } {
             return match run_ctx {
                 // SAFETY: GIL held; `ctx` is this handle's snapshot.
                 Some((rc, obj)) => unsafe {
-                    self.run_in_loop_context(py, rc, obj.as_ptr(), ctx, &cb, &args)
+                    self.run_in_loop_context(py, l, rc, obj.as_ptr(), ctx, &cb, &args)
                 },
                 None => {
                     let own = self.own_context(py)?;
@@ -234,9 +234,11 @@ impl Handle {
     /// # Safety
     /// GIL held; `obj` is this handle's object, `snapshot` the value of
     /// `self.context`.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run_in_loop_context(
         &self,
         py: Python<'_>,
+        l: &contexts::Layout,
         rc: &RunContext,
         obj: *mut ffi::PyObject,
         snapshot: *mut ffi::PyObject,
@@ -247,7 +249,7 @@ impl Handle {
         if ctx.is_null() {
             return Err(pyhelpers::take_raised(py));
         }
-        rc.load(ctx, snapshot);
+        rc.load(l, ctx, snapshot);
         ffi::Py_INCREF(ctx);
         // The field's reference to the snapshot is ours until it goes back.
         let snapshot = self.context.replace_raw(ctx);
@@ -256,7 +258,7 @@ impl Handle {
         if ffi::Py_REFCNT(ctx) == 2 && ffi::Py_REFCNT(obj) == 1 {
             let back = self.context.replace_raw(snapshot);
             ffi::Py_DECREF(back);
-            rc.give_back(ctx);
+            rc.give_back(l, ctx);
         } else {
             ffi::Py_DECREF(snapshot);
             ffi::Py_DECREF(ctx);
@@ -271,8 +273,8 @@ impl Handle {
         // SAFETY: GIL held; `p` is live; the replaced reference is released
         // after the field already holds the new one.
         unsafe {
-            if contexts::is_snapshot(p) {
-                let c = contexts::context_from(p);
+            if let Some(l) = contexts::snapshot_layout(p) {
+                let c = contexts::context_from(l, p);
                 if c.is_null() {
                     return Err(pyhelpers::take_raised(py));
                 }
@@ -294,42 +296,38 @@ impl Handle {
         cb: &Bound<'_, PyAny>,
         args: &CallArgs<'_>,
     ) -> PyResult<()> {
-        {
-            if ffi::PyContext_Enter(ctx) < 0 {
-                return Err(pyhelpers::take_raised(py));
+        if ffi::PyContext_Enter(ctx) < 0 {
+            return Err(pyhelpers::take_raised(py));
+        }
+        let res = match args {
+            CallArgs::Empty if self.native.is_some() => {
+                return self.run_native(py, cb, ctx);
             }
-            let res = match args {
-                CallArgs::Empty if self.native.is_some() => {
-                    return self.run_native(py, cb, ctx);
-                }
-                CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
-                CallArgs::One(a) => {
-                    // Slot 0 is scratch space the callee may use (ARGUMENTS_OFFSET).
-                    let mut buf = [std::ptr::null_mut(), a.as_ptr()];
-                    ffi::PyObject_Vectorcall(
-                        cb.as_ptr(),
-                        buf.as_mut_ptr().add(1),
-                        1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
-                        std::ptr::null_mut(),
-                    )
-                }
-                CallArgs::Many(t) => {
-                    ffi::PyObject_Call(cb.as_ptr(), t.as_ptr(), std::ptr::null_mut())
-                }
-            };
-            let err = if res.is_null() {
-                Some(pyhelpers::take_raised(py))
-            } else {
-                ffi::Py_DECREF(res);
-                None
-            };
-            if ffi::PyContext_Exit(ctx) < 0 {
-                return Err(pyhelpers::take_raised(py));
+            CallArgs::Empty => ffi::PyObject_CallNoArgs(cb.as_ptr()),
+            CallArgs::One(a) => {
+                // Slot 0 is scratch space the callee may use (ARGUMENTS_OFFSET).
+                let mut buf = [std::ptr::null_mut(), a.as_ptr()];
+                ffi::PyObject_Vectorcall(
+                    cb.as_ptr(),
+                    buf.as_mut_ptr().add(1),
+                    1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                    std::ptr::null_mut(),
+                )
             }
-            match err {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
+            CallArgs::Many(t) => ffi::PyObject_Call(cb.as_ptr(), t.as_ptr(), std::ptr::null_mut()),
+        };
+        let err = if res.is_null() {
+            Some(pyhelpers::take_raised(py))
+        } else {
+            ffi::Py_DECREF(res);
+            None
+        };
+        if ffi::PyContext_Exit(ctx) < 0 {
+            return Err(pyhelpers::take_raised(py));
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
