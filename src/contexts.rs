@@ -34,6 +34,9 @@ use pyo3::prelude::*;
 use std::ffi::CStr;
 use std::sync::OnceLock;
 
+/// Copy: plain pointers and offsets; `empty`'s reference is owned by the
+/// process-wide instance only.
+#[derive(Clone, Copy)]
 pub struct Layout {
     /// The type of a variable map (CPython's `hamt`).
     map_type: *mut ffi::PyTypeObject,
@@ -220,10 +223,8 @@ unsafe fn probe_tstate(py: Python<'_>, l: &Layout, with_var: &Bound<'_, PyAny>) 
     let off = i * std::mem::size_of::<usize>();
     // A snapshot taken inside `with_var` is its map.
     let probe = Layout {
-        map_type: l.map_type,
-        vars_off: l.vars_off,
-        empty: l.empty,
         tstate_ctx_off: Some(off),
+        ..*l
     };
     if ffi::PyContext_Enter(with_var.as_ptr()) < 0 {
         return None;
