@@ -8,6 +8,7 @@
 
 use crate::clock;
 use crate::deadline::DeadlineTimer;
+use crate::driver::{Driver, DriverCell};
 use crate::gil_cell::GilRefCell;
 use crate::handles::{self, check_callable, Args, Handle, TimerHandle};
 use crate::poller::{EpollFd, Poller, Ready, MAX_EVENTS};
@@ -22,10 +23,7 @@ use pyo3::types::{PyInt, PyTuple};
 use pyo3::PyTraverseError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// With user fds registered the epoll set is polled every iteration, as
 /// asyncio's selector loop does (except right after a poll that left it
@@ -39,13 +37,6 @@ const WAKEUP_DRAIN_EVERY: u64 = 64;
 /// new events have likely come, which a look finds more cheaply than a wake
 /// of the runtime (see `block`).
 const FRESH_POLL_CALLBACKS: u64 = 8;
-
-struct SharedEpoll(Arc<EpollFd>);
-impl AsRawFd for SharedEpoll {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 #[derive(Default, Clone, Copy)]
 pub struct Stats {
@@ -141,107 +132,6 @@ pub(crate) struct SelfRefs {
     pub future_kwargs: Option<Py<pyo3::types::PyDict>>,
     /// `loop._task_factory` (set_task_factory); user-given, kept at close.
     pub task_factory: Option<Py<PyAny>>,
-}
-
-/// The tokio side of a loop: its runtime and the registration of our epoll
-/// fd with the runtime's I/O driver.
-struct Driver {
-    // Declared before `rt` so it deregisters from the driver while the runtime is alive.
-    epoll_watch: AsyncFd<SharedEpoll>,
-    rt: tokio::runtime::Runtime,
-    /// The runtime has tokio's timer: only when no timerfd could be made
-    /// (the timer costs every park a clock read and a timer-wheel pass).
-    has_time: bool,
-}
-
-/// Holds the driver until `close()` drops it (freeing the runtime's fds as the
-/// stdlib frees its selector). Accessed without a lock: `block()` uses it only
-/// while the loop runs, on the loop's thread with the GIL released, and
-/// `close()` (GIL held) refuses to run while the loop runs, so the two never
-/// overlap.
-struct DriverCell(std::cell::UnsafeCell<Option<Driver>>, u32);
-
-impl Drop for DriverCell {
-    fn drop(&mut self) {
-        if std::process::id() != self.1 {
-            // A forked child: dropping the runtime would deregister our epoll
-            // fd from the runtime's epoll set, which the parent shares.
-            if let Some(driver) = self.0.get_mut().take() {
-                std::mem::forget(driver);
-            }
-        }
-    }
-}
-
-// SAFETY: see the type's comment: use and removal never overlap.
-unsafe impl Sync for DriverCell {}
-
-impl DriverCell {
-    /// # Safety
-    /// Only while the loop is running (close() cannot run then).
-    unsafe fn get(&self) -> Option<&Driver> {
-        (*self.0.get()).as_ref()
-    }
-
-    /// # Safety
-    /// Only from close(), after checking that the loop is not running.
-    unsafe fn take(&self) -> Option<Driver> {
-        (*self.0.get()).take()
-    }
-}
-
-/// What the parked loop waits for, polled by the runtime's `block_on`: a
-/// wake-up from another thread, our epoll set turning readable, or (only
-/// without a timerfd) tokio's timer. Returns how many events `epoll_wait`
-/// put in `buf`. Hand-written rather than a `select!` over `Notify` and
-/// `readable()`: no futures to build and drop per wait.
-struct Wait<'a> {
-    watch: &'a AsyncFd<SharedEpoll>,
-    epoll: &'a EpollFd,
-    buf: &'a mut [libc::epoll_event],
-    remote: &'a Remote,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// The set was found empty just before the first poll: a readiness tokio
-    /// reports then is an old one, cleared without another epoll_wait.
-    known_empty: bool,
-}
-
-impl std::future::Future for Wait<'_> {
-    type Output = usize;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
-        let this = self.get_mut();
-        // Registered before `pending` is read: see Remote::wake.
-        this.remote.register(cx.waker());
-        if this.remote.has_pending() {
-            return Poll::Ready(this.epoll.wait_now(this.buf));
-        }
-        // Only the first poll, before the runtime parked, can see an old readiness.
-        let mut old_readiness = std::mem::take(&mut this.known_empty);
-        loop {
-            match this.watch.poll_read_ready(cx) {
-                Poll::Ready(Ok(mut guard)) => {
-                    if !std::mem::take(&mut old_readiness) {
-                        let n = this.epoll.wait_now(this.buf);
-                        if n > 0 {
-                            return Poll::Ready(n);
-                        }
-                    }
-                    // Nothing left in our level-triggered set: only now may
-                    // tokio forget the readiness, or a wake-up could be lost.
-                    guard.clear_ready();
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(this.epoll.wait_now(this.buf)),
-                Poll::Pending => break,
-            }
-        }
-        if let Some(sleep) = this.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(this.epoll.wait_now(this.buf));
-            }
-        }
-        Poll::Pending
-    }
 }
 
 fn current_thread_ident() -> u64 {
@@ -349,17 +239,18 @@ impl CoreLoop {
             && st.stats.callbacks - st.callbacks_at_last_poll <= FRESH_POLL_CALLBACKS
     }
 
-    /// Parks in the runtime with the GIL released until I/O, a timer deadline
-    /// or a cross-thread wake-up. Returns how many epoll events landed in `buf`.
+    /// Parks with the GIL released until I/O, a timer deadline or a
+    /// cross-thread wake-up (driver.rs: how, in which arrangement). Returns
+    /// how many epoll events landed in `buf`.
     ///
-    /// Our epoll set sits in tokio's, which watches it edge-triggered: a
-    /// readiness tokio still holds from an earlier wake-up must be dropped
-    /// before parking, and only once the set is known to hold nothing that
-    /// would not come back as a new edge. So the set is looked at first:
-    /// events already waiting (a busy server) are taken without letting go of
-    /// the GIL or entering the runtime. When the run loop's last poll left
-    /// the set settled a few callbacks ago (`polled_empty`, see
-    /// `EpollFd::settled`), that look is skipped.
+    /// Events already waiting (a busy server) are taken first without letting
+    /// go of the GIL. When the run loop's last poll left the set settled a few
+    /// callbacks ago (`polled_empty`, see `EpollFd::settled`), that look is
+    /// skipped. In the nested arrangement the look also matters for
+    /// correctness: tokio watches our set edge-triggered, so a readiness it
+    /// still holds from an earlier wake-up may be dropped before parking only
+    /// once the set is known to hold nothing that would not come back as a
+    /// new edge.
     fn block(
         &self,
         py: Python<'_>,
@@ -385,24 +276,10 @@ impl CoreLoop {
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             return self.epoll.wait_now(buf);
         };
-        let sleep = match timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok()) {
-            Some(d) if driver.has_time => Some(d),
-            _ => None,
-        };
+        let timeout = timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok());
         let epoll = &*self.epoll;
         py.detach(move || {
-            let rt = &driver.rt;
-            let n = rt.block_on(async move {
-                let wait = Wait {
-                    watch: &driver.epoll_watch,
-                    epoll,
-                    buf,
-                    remote,
-                    sleep: sleep.map(|d| Box::pin(tokio::time::sleep(d))),
-                    known_empty: true,
-                };
-                wait.await
-            });
+            let n = driver.park(epoll, buf, remote, timeout);
             // Awake from here on, even while still waiting for the GIL: other
             // threads need not signal again.
             remote
@@ -501,6 +378,11 @@ impl CoreLoop {
                 (timeout, polled_empty)
             };
             this.block(py, timeout, events, polled_empty)
+        };
+        // SAFETY: run_once only runs inside run_forever, when close() cannot run.
+        let n_events = match unsafe { this.driver.get() } {
+            Some(driver) if n_events > 0 => driver.take_driver_event(events, n_events),
+            _ => n_events,
         };
 
         {
@@ -1215,24 +1097,10 @@ impl CoreLoop {
     ) -> PyResult<Self> {
         let deadline_timer = DeadlineTimer::new().ok();
         let has_time = deadline_timer.is_none();
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        builder.enable_io();
-        if has_time {
-            builder.enable_time();
-        }
-        let rt = builder
-            .build()
-            .map_err(|e| PyOSError::new_err(format!("cannot start the tokio runtime: {e}")))?;
         let epoll = Arc::new(EpollFd::new().map_err(PyErr::from)?);
-        let epoll_watch = {
-            let _guard = rt.enter();
-            // SAFETY: the epoll fd is owned by the Arc kept in `self.epoll`, so it stays
-            // open and unchanged for as long as this registration lives.
-            unsafe {
-                AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE)
-            }
-            .map_err(|e| PyOSError::new_err(format!("cannot watch the epoll fd: {e}")))?
-        };
+        let remote = Arc::new(Remote::new());
+        let driver = Driver::new(&epoll, has_time, &remote)
+            .map_err(|e| PyOSError::new_err(format!("cannot start the tokio runtime: {e}")))?;
         let mut poller = Poller::new(epoll.clone());
         // Without a timerfd (never seen on Linux) the loop falls back to tokio's sleep.
         let deadline = match deadline_timer {
@@ -1265,16 +1133,9 @@ impl CoreLoop {
                 deadline,
                 transports: std::collections::HashMap::new(),
             }),
-            remote: Arc::new(Remote::new()),
+            remote,
             epoll,
-            driver: DriverCell(
-                std::cell::UnsafeCell::new(Some(Driver {
-                    epoll_watch,
-                    rt,
-                    has_time,
-                })),
-                std::process::id(),
-            ),
+            driver: DriverCell::new(driver),
             owner_pid: std::process::id(),
             self_refs: GilRefCell::new(SelfRefs::default()),
             run_ctx: crate::contexts::RunContext::new(),
@@ -1566,6 +1427,13 @@ impl CoreLoop {
     #[getter]
     fn _stopping(&self, py: Python<'_>) -> bool {
         self.state.borrow_mut(py).stopping
+    }
+
+    /// How the loop waits (driver.rs): "driver inside" or "nested"; None once closed.
+    fn _wait_mode(&self, py: Python<'_>) -> Option<&'static str> {
+        let _ = py;
+        // SAFETY: the GIL is held, and close() (which takes the driver) needs it too.
+        unsafe { self.driver.get() }.map(|d| d.mode_name())
     }
 
     fn _ready_count(&self, py: Python<'_>) -> usize {

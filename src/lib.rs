@@ -12,6 +12,7 @@ mod clock;
 mod contexts;
 mod datagram;
 mod deadline;
+mod driver;
 mod event_loop;
 mod fastcall;
 mod futures;

@@ -79,6 +79,33 @@ impl EpollFd {
         }
     }
 
+    /// Blocking harvest (`timeout_ms` -1: no limit). A signal ends the wait
+    /// with 0 events, so the run loop gets to run Python's signal handlers.
+    pub fn wait(&self, buf: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        // SAFETY: `buf` is valid for `buf.len()` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len() as i32,
+                timeout_ms,
+            )
+        };
+        n.max(0) as usize
+    }
+
+    /// Adds a descriptor under a token of its own (not its fd number), level-triggered.
+    pub fn add_token(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        let rc = unsafe { libc::epoll_ctl(self.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn settled(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
     }
