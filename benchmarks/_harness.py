@@ -23,7 +23,9 @@ def get_loop_factory(name):
     """A zero-argument callable creating a new loop of `name` (no policies).
 
     "asyncio" is what asyncio.new_event_loop() returns on Unix, without the
-    policy; "tokioloop+detector" is tokioloop with its blocking-call detector on.
+    policy; "tokioloop+detector" is tokioloop with its blocking-call detector on;
+    "tokioloop+nested" is tokioloop waiting the pre-0.8 way (TOKIOLOOP_NESTED_WAIT=1:
+    parked in tokio's block_on with the loop's epoll set nested in tokio's).
     """
     if name == "asyncio":
         return asyncio.SelectorEventLoop
@@ -38,6 +40,9 @@ def get_loop_factory(name):
             return loop
 
         return factory
+    if name == "tokioloop+nested":
+        os.environ["TOKIOLOOP_NESTED_WAIT"] = "1"
+        return importlib.import_module("tokioloop").new_event_loop
     raise ValueError(f"unknown loop {name!r}")
 
 
@@ -46,7 +51,7 @@ def loop_version(name, build_time=False):
     (it is rebuilt often during development: say which build ran)."""
     if name == "asyncio":
         return platform.python_version()
-    if name == "tokioloop+detector":
+    if name in ("tokioloop+detector", "tokioloop+nested"):
         name = "tokioloop"
     mod = importlib.import_module(name)
     version = getattr(mod, "__version__", None)

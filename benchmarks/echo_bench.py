@@ -99,7 +99,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN_DIR = os.path.join(HERE, "loadgen")
 LOADGEN_BIN = os.path.join(LOADGEN_DIR, "target", "release", "loadgen")
 
-ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
+ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop", "tokioloop+nested"]
+# Opt-in (--loops ...,tokioloop+nested): tokioloop's fallback wait, for an A/B
+# of the two ways the loop parks (src/driver.rs).
+DEFAULT_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
 PEERS = ["asyncio", "uvloop", "rloop"]
 ALL_MODES = ["sock", "streams", "protocol", "buffered"]
 MODE_LABELS = {
@@ -638,7 +641,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="modes:\n" + "\n".join(f"  {m:9s} {MODE_LABELS[m]}" for m in ALL_MODES),
     )
-    ap.add_argument("--loops", default=",".join(ALL_LOOPS),
+    ap.add_argument("--loops", default=",".join(DEFAULT_LOOPS),
                     help="comma-separated loops (default: %(default)s)")
     ap.add_argument("--modes", default=",".join(ALL_MODES),
                     help="comma-separated server modes (default: %(default)s)")
@@ -771,7 +774,7 @@ def main(argv=None):
             # fresh process, so a burst of other load hits all of them alike.
             rounds, per_round = ((args.repeat, 1) if not args.no_interleave
                                  else (1, args.repeat))
-            for _ in range(rounds):
+            for rnd in range(rounds):
                 for name, cmd in servers:
                     cell = cells[name]
                     if "error" in cell:
@@ -779,6 +782,8 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     got = run_cell(args, cmd, size, per_round)
                     walls[name] += time.perf_counter() - t0
+                    for sample in got["samples"]:
+                        sample["round"] = rnd
                     cell["samples"] += got["samples"]
                     if "error" in got:
                         cell["error"] = got["error"]
@@ -878,10 +883,50 @@ def main(argv=None):
 
     lines += table("Requests per second (higher is better)", "rps", True, fmt_num)
     lines += table("Server CPU time per request, µs (lower is better)", cpu_key, False, fmt_us)
+
+    def paired_table():
+        """Median over rounds of tokioloop's CPU/request divided by another
+        server's in the SAME round. The host's slow and fast phases last tens
+        of seconds and hit every server of a round alike, so a same-round
+        ratio cancels them where a ratio of two medians does not."""
+        others = [lp for lp in active if lp != "tokioloop"] + (["tokio"] if has_ref else [])
+        head = ["size", "mode"] + [
+            "plain tokio" if o == "tokio" else o for o in others] + ["best peer"]
+        out = ["### Server CPU per request, paired: tokioloop / other, median of same-round "
+               "ratios (lower = tokioloop cheaper)", "",
+               "| " + " | ".join(head) + " |",
+               "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+
+        def by_round(cell):
+            if not cell or "error" in cell:
+                return {}
+            return {x["round"]: x[cpu_key] for x in cell["samples"]
+                    if x.get("round") is not None and x.get(cpu_key)}
+
+        for size in sizes:
+            for mode in modes:
+                tok = by_round(results[size][mode].get("tokioloop"))
+                row = [fmt_size(size), MODE_LABELS[mode]]
+                for o in others:
+                    oth = by_round(results[size][mode].get(o))
+                    ratios = [tok[r] / oth[r] for r in tok if r in oth]
+                    row.append(f"{statistics.median(ratios):.2f} (n={len(ratios)})"
+                               if ratios else "n/a")
+                peers = [by_round(results[size][mode].get(p)) for p in PEERS if p in active]
+                ratios = [tok[r] / min(p[r] for p in peers) for r in tok
+                          if peers and all(r in p for p in peers)]
+                row.append(f"{statistics.median(ratios):.2f}" if ratios else "n/a")
+                out.append("| " + " | ".join(row) + " |")
+        out.append("")
+        return out
+
     if has_tok:
         lines.append("Ratios are tokioloop's value divided by the other's: for req/s > 1 means "
                      "tokioloop is faster; for CPU/request < 1 means tokioloop uses less CPU. "
                      "'best peer' is the best of asyncio, uvloop and rloop for that row.")
+        if not args.no_interleave:
+            lines.append("")
+            lines += paired_table()
 
     for size in sizes:
         for mode in modes:

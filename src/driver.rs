@@ -189,21 +189,23 @@ impl Driver {
 
 /// The driver's epoll fd, `registered` being registered in it: of the
 /// candidates from /proc, the one that turns readable when the runtime's
-/// waker fires and quiet again after the runtime's turn.
+/// waker fires and quiet again after the runtime's turn, twice over (a set
+/// of another process sharing a stale entry would have to do the same by
+/// chance at both moments).
 fn find_driver_fd(rt: &tokio::runtime::Runtime, registered: RawFd) -> Option<RawFd> {
-    let candidates = driver_epoll_candidates(registered);
-    if candidates.is_empty() || candidates.iter().any(|&fd| readable_now(fd)) {
-        return None;
-    }
+    let mut candidates = driver_epoll_candidates(registered);
     let waker = rt.block_on(std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())));
-    waker.wake_by_ref();
-    let woken: Vec<RawFd> = candidates
-        .into_iter()
-        .filter(|&fd| readable_now(fd))
-        .collect();
-    turn(rt);
-    match woken.first() {
-        Some(&fd) if woken.iter().all(|&fd| !readable_now(fd)) => Some(fd),
+    for _ in 0..2 {
+        if candidates.iter().any(|&fd| readable_now(fd)) {
+            return None;
+        }
+        waker.wake_by_ref();
+        candidates.retain(|&fd| readable_now(fd));
+        turn(rt);
+    }
+    // The driver's fd and mio's dup of it (the same set): either will do.
+    match candidates.first() {
+        Some(&fd) if candidates.iter().all(|&fd| !readable_now(fd)) => Some(fd),
         _ => None,
     }
 }
