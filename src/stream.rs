@@ -162,6 +162,19 @@ fn read_shared<'py>(
     }
 }
 
+/// What `read_into_stream_reader`'s read came to.
+enum ReaderRead {
+    /// This many bytes are in the bytearray (0: EOF).
+    Stored(usize),
+    /// Nothing read: the bytearray could not be grown first.
+    Skipped,
+    /// Read but not stored (the bytearray could not be grown after a recv).
+    Stray(Vec<u8>),
+    /// Read, but the bytearray could not be set to its final size.
+    Failed(PyErr),
+    Io(io::Error),
+}
+
 /// After data_received(data): when the call kept no reference to `data`
 /// (refcount 1: ours), keeps it for the next read of the same size, which
 /// then skips an allocation and a free (the common case of request/response
@@ -299,6 +312,9 @@ pub struct StreamTransport {
     /// buffer. One ioctl costs less than copying 32 KiB; small messages keep
     /// the copy (cheaper than the extra syscall).
     large_reads: std::sync::atomic::AtomicBool,
+    /// Size of the last read of a socket: how much room a read straight into
+    /// a StreamReader's bytearray makes (`read_into_stream_reader`).
+    last_read: std::sync::atomic::AtomicUsize,
     /// `sock` is a plain socket.socket whose fd `fd_still_ours` reads in
     /// place (sock_ops::has_raw_fd) instead of calling fileno().
     raw_fd: bool,
@@ -933,6 +949,11 @@ impl StreamTransport {
                     };
                 }
             }
+            if this.kind == Kind::Socket {
+                if let Some(done) = Self::read_into_stream_reader(slf, proto, drained) {
+                    return done;
+                }
+            }
             let direct = if this.large_reads.load(std::sync::atomic::Ordering::Relaxed) {
                 this.read_socket_exact(py)
             } else {
@@ -1001,6 +1022,153 @@ impl StreamTransport {
                 Err(e) => Self::fatal_error(slf, PyErr::from(e), this.read_error_message()),
             }
         }
+    }
+
+    /// The read of a socket whose protocol is a plain StreamReaderProtocol
+    /// (stream_reader.rs): the data goes into the reader's bytearray, which
+    /// is all data_received would do with a bytes object (then wake the
+    /// reader, pause past the limit, as there). Small reads (the last one at
+    /// most SPARE_COPY_MAX) are copied in once from the shared buffer after a
+    /// recv(); bigger ones land in it directly, by a readv() into the
+    /// bytearray grown by the last read's size (or what FIONREAD says after
+    /// a large one) and the shared buffer for anything beyond. Either way one
+    /// copy fewer than a bytes object extended into the bytearray. None: not
+    /// applicable, nothing read.
+    fn read_into_stream_reader(
+        slf: &Bound<'_, Self>,
+        proto: &Bound<'_, PyAny>,
+        drained: &mut bool,
+    ) -> Option<PyResult<()>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let py = slf.py();
+        let this = slf.get();
+        let target = crate::stream_reader::target(proto)??;
+        let ba = target.buffer.as_ptr();
+        // SAFETY (all blocks below): `ba` is an exact bytearray (target()
+        // checked), the GIL is held throughout, and no Python code runs
+        // between a resize and the write into the room it made.
+        let old = unsafe { ffi::PyByteArray_Size(ba) } as usize;
+        let resize = |len: usize| -> PyResult<()> {
+            if unsafe { ffi::PyByteArray_Resize(ba, len as ffi::Py_ssize_t) } < 0 {
+                return Err(pyhelpers::take_raised(py));
+            }
+            Ok(())
+        };
+        let last = this.last_read.load(Relaxed);
+        let outcome = READ_BUF.with(|cell| {
+            let mut shared = cell.borrow_mut();
+            let shared = &mut shared[..MAX_READ];
+            if last <= SPARE_COPY_MAX {
+                let n = match this.sys_read(shared.as_mut_ptr(), MAX_READ) {
+                    Ok(n) => n,
+                    Err(e) => return ReaderRead::Io(e),
+                };
+                if n == 0 {
+                    return ReaderRead::Stored(0);
+                }
+                if resize(old + n).is_err() {
+                    // An export holds the bytearray, or no memory: the Python
+                    // path gets the data and raises what extend() raises.
+                    unsafe { ffi::PyErr_Clear() };
+                    return ReaderRead::Stray(shared[..n].to_vec());
+                }
+                unsafe {
+                    let dst = ffi::PyByteArray_AsString(ba).cast::<u8>().add(old);
+                    std::ptr::copy_nonoverlapping(shared.as_ptr(), dst, n);
+                }
+                return ReaderRead::Stored(n);
+            }
+            let mut want = last;
+            if this.large_reads.load(Relaxed) {
+                let mut avail: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one int through a valid pointer.
+                if unsafe { libc::ioctl(this.fd, libc::FIONREAD, &mut avail) } == 0 && avail > 0 {
+                    want = avail as usize;
+                }
+            }
+            let want = want.min(MAX_READ);
+            if resize(old + want).is_err() {
+                unsafe { ffi::PyErr_Clear() };
+                return ReaderRead::Skipped;
+            }
+            let iov = [
+                libc::iovec {
+                    iov_base: unsafe { ffi::PyByteArray_AsString(ba).add(old) }.cast(),
+                    iov_len: want,
+                },
+                libc::iovec {
+                    iov_base: shared.as_mut_ptr().cast(),
+                    iov_len: MAX_READ - want,
+                },
+            ];
+            let n = loop {
+                let r = unsafe { libc::readv(this.fd, iov.as_ptr(), 2) };
+                if r >= 0 {
+                    break r as usize;
+                }
+                let e = last_err();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    // Shrinking back: no failure that matters (the data is the old data).
+                    if resize(old).is_err() {
+                        unsafe { ffi::PyErr_Clear() };
+                    }
+                    return ReaderRead::Io(e);
+                }
+            };
+            if let Err(e) = resize(old + n) {
+                return ReaderRead::Failed(e);
+            }
+            if n > want {
+                unsafe {
+                    let dst = ffi::PyByteArray_AsString(ba).cast::<u8>().add(old + want);
+                    std::ptr::copy_nonoverlapping(shared.as_ptr(), dst, n - want);
+                }
+            }
+            ReaderRead::Stored(n)
+        });
+        const FAILED: &str = "Fatal error: protocol.data_received() call failed.";
+        let n = match outcome {
+            ReaderRead::Skipped => return None,
+            ReaderRead::Stray(bytes) => {
+                this.core(py).count_bytes(py, bytes.len(), 0);
+                *drained = bytes.len() < MAX_READ;
+                let data = PyBytes::new(py, &bytes);
+                return Some(match call_data_received(proto, &data) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Self::fatal_error(slf, e, FAILED),
+                });
+            }
+            ReaderRead::Failed(e) => {
+                *drained = true;
+                return Some(Self::fatal_error(slf, e, FAILED));
+            }
+            ReaderRead::Io(e) => {
+                *drained = would_block(&e);
+                return Some(if would_block(&e) {
+                    Ok(())
+                } else {
+                    Self::fatal_error(slf, PyErr::from(e), this.read_error_message())
+                });
+            }
+            ReaderRead::Stored(n) => n,
+        };
+        *drained = n < MAX_READ;
+        if n == 0 {
+            return Some(Self::on_eof(slf));
+        }
+        this.core(py).count_bytes(py, n, 0);
+        let large = n >= LARGE_READ;
+        if large {
+            adapt_malloc_thresholds();
+        }
+        this.large_reads.store(large, Relaxed);
+        this.last_read.store(n, Relaxed);
+        Some(
+            match pyhelpers::guarded(|| crate::stream_reader::fed(&target.reader, &target.buffer)) {
+                Ok(()) => Ok(()),
+                Err(e) => Self::fatal_error(slf, e, FAILED),
+            },
+        )
     }
 
     /// Hands the next pending chunk of a read pipe to the protocol and
@@ -1178,6 +1346,7 @@ impl StreamTransport {
         };
         Ok(StreamTransport {
             large_reads: std::sync::atomic::AtomicBool::new(false),
+            last_read: std::sync::atomic::AtomicUsize::new(0),
             raw_fd: crate::sock_ops::has_raw_fd(sock),
             inner: GilRefCell::new(Inner {
                 sock: Some(sock.clone().unbind()),

@@ -207,16 +207,20 @@ fn originals(py: Python<'_>) -> Option<&Originals> {
         .as_ref()
 }
 
-/// `proto.data_received(data)` done here when `proto` is a plain
-/// StreamReaderProtocol (see the module comment). None: not applicable,
-/// nothing was done, the caller calls the Python method.
-pub(crate) fn data_received(
-    proto: &Bound<'_, PyAny>,
-    data: &Bound<'_, PyBytes>,
-) -> Option<PyResult<()>> {
+/// A plain StreamReaderProtocol's reader and its (exact) bytearray.
+pub(crate) struct Target<'py> {
+    pub reader: Bound<'py, PyAny>,
+    pub buffer: Bound<'py, PyAny>,
+}
+
+/// The reader and bytearray that `proto.data_received(data)` would extend,
+/// when `proto` is a plain StreamReaderProtocol (see the module comment).
+/// None: not applicable, the caller calls the Python method. Some(None):
+/// the protocol has no reader (any more); data_received does nothing then.
+pub(crate) fn target<'py>(proto: &Bound<'py, PyAny>) -> Option<Option<Target<'py>>> {
     let py = proto.py();
     let o = originals(py)?;
-    if !o.protocol.is_instance(proto) || data.as_bytes().is_empty() {
+    if !o.protocol.is_instance(proto) {
         return None;
     }
     // data_received: a method the instance may shadow; _stream_reader: a
@@ -229,7 +233,7 @@ pub(crate) fn data_received(
     }
     let wr = attr(proto, intern!(py, "_stream_reader_wr"))?;
     if wr.is_none() {
-        return Some(Ok(()));
+        return Some(None);
     }
     // SAFETY: GIL held; type check, then a new reference to the referent.
     let reader = unsafe {
@@ -239,7 +243,7 @@ pub(crate) fn data_received(
         let mut r: *mut ffi::PyObject = std::ptr::null_mut();
         match ffi::compat::PyWeakref_GetRef(wr.as_ptr(), &mut r) {
             // A dead reference: the property gives None, as below.
-            0 => return Some(Ok(())),
+            0 => return Some(None),
             1 => Bound::from_owned_ptr(py, r),
             _ => {
                 ffi::PyErr_Clear();
@@ -248,7 +252,7 @@ pub(crate) fn data_received(
         }
     };
     if reader.is_none() {
-        return Some(Ok(()));
+        return Some(None);
     }
     if !o.reader.is_instance(&reader)
         || !o
@@ -269,27 +273,49 @@ pub(crate) fn data_received(
     if unsafe { ffi::PyByteArray_CheckExact(buffer.as_ptr()) } == 0 {
         return None;
     }
+    Some(Some(Target { reader, buffer }))
+}
+
+/// `proto.data_received(data)` done here when `proto` is a plain
+/// StreamReaderProtocol (see the module comment). None: not applicable,
+/// nothing was done, the caller calls the Python method.
+pub(crate) fn data_received(
+    proto: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyBytes>,
+) -> Option<PyResult<()>> {
+    if data.as_bytes().is_empty() {
+        return None;
+    }
+    let Some(t) = target(proto)? else {
+        return Some(Ok(()));
+    };
     // From here on the steps have effects, as in feed_data: errors propagate.
     Some(pyhelpers::guarded(|| {
-        feed(&reader, &buffer, data.as_bytes())
+        extend(&t.buffer, data.as_bytes())?;
+        fed(&t.reader, &t.buffer)
     }))
 }
 
-/// StreamReader.feed_data's effects, on a reader checked by `data_received`.
-fn feed(reader: &Bound<'_, PyAny>, buffer: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
-    let py = reader.py();
-    // self._buffer.extend(data)
+/// `self._buffer.extend(data)` on an exact bytearray.
+fn extend(buffer: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
     // SAFETY: `buffer` is an exact bytearray; resizing fails (BufferError, as
     // extend() raises) while it has exports; after a successful resize it has
     // room for `data` at the old end.
     unsafe {
         let old = ffi::PyByteArray_Size(buffer.as_ptr());
         if ffi::PyByteArray_Resize(buffer.as_ptr(), old + data.len() as ffi::Py_ssize_t) < 0 {
-            return Err(pyhelpers::take_raised(py));
+            return Err(pyhelpers::take_raised(buffer.py()));
         }
         let dst = ffi::PyByteArray_AsString(buffer.as_ptr()).cast::<u8>();
         std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(old as usize), data.len());
     }
+    Ok(())
+}
+
+/// StreamReader.feed_data's effects after the extend, on a reader from
+/// `target`: wake the waiter, pause the transport past twice the limit.
+pub(crate) fn fed(reader: &Bound<'_, PyAny>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = reader.py();
     // self._wakeup_waiter()
     let waiter = reader.getattr(intern!(py, "_waiter"))?;
     if !waiter.is_none() {

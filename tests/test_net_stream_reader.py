@@ -348,3 +348,85 @@ def test_reader_gone_drops_data(loop_factory):
 
     assert run(loop, main()) == (True, None)
     assert reports == []
+
+
+# Reads straight into the reader's bytearray (src/stream.rs,
+# read_into_stream_reader): after a read of at most 8 KiB the next one is a
+# recv() copied in once; after a bigger one, a readv() into the bytearray grown
+# by that size (FIONREAD after 32 KiB and more), the rest through the shared
+# buffer. Every switch between the two, reads bigger and smaller than the room
+# made, and data already waiting in the buffer must give the same bytes as on
+# the stdlib loop.
+
+MIXED_SIZES = [5, 9000, 100, 70_000, 300_000, 12, 9000, 9000, 8192, 8193, 20_000, 1, 40_000]
+
+
+def _payload(i, size):
+    # No b"\n" in it (readuntil splits on it).
+    return bytes((i * 7 + k) % 240 + 11 for k in range(240)) * (size // 240 + 1)
+
+
+def test_mixed_sizes_through_the_bytearray(loop_factory):
+    loop = loop_factory()
+
+    async def main():
+        server, reader, writer = await echo_pair(loop)
+        out = []
+        for i, size in enumerate(MIXED_SIZES):
+            payload = _payload(i, size)[:size]
+            writer.write(payload)
+            out.append(await reader.readexactly(size) == payload)
+        await close_pair(server, writer)
+        return out
+
+    assert run(loop, main()) == [True] * len(MIXED_SIZES)
+
+
+def test_reads_join_data_left_in_the_buffer(loop_factory):
+    """Data already in the reader's buffer stays in front of what is read after it."""
+    loop = loop_factory()
+
+    async def main():
+        server, reader, writer = await echo_pair(loop, limit=2**18)
+        results = []
+        for size in (100, 20_000, 100_000, 3000):
+            a, b = _payload(1, size)[:size], _payload(2, size)[:size]
+            writer.write(a + b"\n" + b)
+            line = await reader.readuntil(b"\n")
+            # Read b in two steps, the first leaving part of it buffered.
+            half = await reader.readexactly(size // 2)
+            rest = await reader.readexactly(size - size // 2)
+            results.append((line == a + b"\n", half + rest == b))
+        await close_pair(server, writer)
+        return results
+
+    assert run(loop, main()) == [(True, True)] * 4
+
+
+@pytest.mark.parametrize("first", [4, 20_000, 100_000])
+def test_buffer_with_exports_after_reads_of_a_size(loop_factory, first):
+    """A held export of the bytearray makes data_received fail as extend()
+    does (BufferError, fatal error), whichever read path comes next."""
+    loop = loop_factory()
+    reports = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+
+    async def main():
+        server, reader, writer = await echo_pair(loop)
+        writer.write(b"x" * first)
+        await reader.readexactly(first)
+        keep = memoryview(reader._buffer)
+        writer.write(b"y" * first)
+        for _ in range(200):
+            if reports:
+                break
+            await asyncio.sleep(0.005)
+        del keep
+        closing = writer.transport.is_closing()
+        await close_pair(server, writer, failed=True)
+        return closing
+
+    closing = run(loop, main())
+    got = [(c.get("message"), type(c.get("exception")).__name__) for c in reports]
+    assert got == [("Fatal error: protocol.data_received() call failed.", "BufferError")]
+    assert closing
