@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,13 @@ def test_cargo_unit_tests_pass():
             pytest.fail("cargo is needed in CI to run the Rust unit tests")
         pytest.skip("no Rust toolchain (cargo) here")
     env = dict(os.environ, PYO3_PYTHON=sys.executable)
+    # Tests that touch Python objects (driver.rs) link libpython; a pyenv
+    # interpreter's shared library is not on the loader's default path.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p
+        )
     proc = subprocess.run(
         [cargo, "test", "--release", "--lib"],
         cwd=ROOT,
@@ -35,7 +43,7 @@ def test_cargo_unit_tests_pass():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     # The suites named in issue 6 ran (and were not filtered away).
-    for suite in ("timers::tests::", "ready::tests::"):
+    for suite in ("timers::tests::", "ready::tests::", "driver::tests::"):
         assert suite in out, f"no {suite} test ran\n{out[-3000:]}"
     assert "test result: ok" in out and " 0 failed" in out, out[-3000:]
 
