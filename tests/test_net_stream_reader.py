@@ -266,16 +266,22 @@ def test_pause_reading_not_implemented_forgets_transport(loop_factory):
     assert run(loop, main()) == (50_000, True)
 
 
-def _fatal_error_scenario(loop, prepare):
+def _fatal_error_scenario(loop, prepare, size=None):
     """Runs `prepare(reader)` on a connected client, sends it data, and
-    returns what reached the exception handler and the transport's state."""
+    returns what reached the exception handler and the transport's state.
+    With `size`, a message of that size is echoed first and the data sent
+    after `prepare` has that size too (which read path comes next depends on
+    the last read's size)."""
     reports = []
     loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
 
     async def main():
         server, reader, writer = await echo_pair(loop)
+        if size:
+            writer.write(b"x" * size)
+            await reader.readexactly(size)
         keep = prepare(reader)
-        writer.write(b"data")
+        writer.write(b"y" * size if size else b"data")
         for _ in range(200):
             if reports:
                 break
@@ -408,25 +414,8 @@ def test_buffer_with_exports_after_reads_of_a_size(loop_factory, first):
     """A held export of the bytearray makes data_received fail as extend()
     does (BufferError, fatal error), whichever read path comes next."""
     loop = loop_factory()
-    reports = []
-    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
-
-    async def main():
-        server, reader, writer = await echo_pair(loop)
-        writer.write(b"x" * first)
-        await reader.readexactly(first)
-        keep = memoryview(reader._buffer)
-        writer.write(b"y" * first)
-        for _ in range(200):
-            if reports:
-                break
-            await asyncio.sleep(0.005)
-        del keep
-        closing = writer.transport.is_closing()
-        await close_pair(server, writer, failed=True)
-        return closing
-
-    closing = run(loop, main())
-    got = [(c.get("message"), type(c.get("exception")).__name__) for c in reports]
-    assert got == [("Fatal error: protocol.data_received() call failed.", "BufferError")]
+    reports, closing = _fatal_error_scenario(
+        loop, lambda reader: memoryview(reader._buffer), size=first
+    )
+    assert reports == [("Fatal error: protocol.data_received() call failed.", "BufferError")]
     assert closing
