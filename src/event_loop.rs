@@ -3,8 +3,8 @@
 //! One tokio current-thread runtime per loop, driven on the thread that runs
 //! the loop. While callbacks run the GIL is held and tokio is not involved at
 //! all; only when there is nothing to do does the loop release the GIL and
-//! park inside the runtime, waiting for the epoll set, a timer or a wake-up
-//! from another thread.
+//! wait for its epoll set, a timer or a wake-up from another thread through
+//! the runtime (driver.rs: how the two epoll sets are joined).
 
 use crate::clock;
 use crate::deadline::DeadlineTimer;

@@ -1,6 +1,7 @@
 //! I/O readiness for `add_reader`/`add_writer`: a level-triggered epoll set of
-//! our own (the semantics asyncio's selector gives), whose fd is in turn watched
-//! by the tokio runtime's driver while the loop sleeps. Fds that only the
+//! our own (the semantics asyncio's selector gives), in which the loop sleeps
+//! with tokio's driver fd as a member (or, as a fallback, which tokio's driver
+//! watches: src/driver.rs). Fds that only the
 //! native sock_* operations (src/sock_ops.rs) use are registered
 //! edge-triggered instead and stay registered between waits. Native write-pipe
 //! transports may switch their own (Handle-watched) fd to edge-triggered
