@@ -70,14 +70,7 @@ impl Driver {
             builder.enable_time();
         }
         let rt = builder.build()?;
-        let watch = {
-            let _guard = rt.enter();
-            // SAFETY: the epoll fd is owned by the Arc inside, so it stays open
-            // and unchanged for as long as this registration lives.
-            unsafe {
-                AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE)
-            }?
-        };
+        let watch = watch_in_driver(&rt, epoll)?;
         let nested_forced = std::env::var_os("TOKIOLOOP_NESTED_WAIT").is_some_and(|v| v == "1");
         let inner = if has_time || nested_forced {
             None
@@ -97,13 +90,8 @@ impl Driver {
             .add_token(driver_fd, libc::EPOLLIN as u32, DRIVER_TOKEN)
             .is_err()
         {
-            // SAFETY: as above.
-            let watch = unsafe {
-                let _guard = rt.enter();
-                AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE)
-            }?;
             return Ok(Driver {
-                mode: WaitMode::Nested(watch),
+                mode: WaitMode::Nested(watch_in_driver(&rt, epoll)?),
                 rt,
                 has_time,
             });
@@ -185,6 +173,20 @@ impl Driver {
         turn(&self.rt);
         n - 1
     }
+}
+
+/// Registers our epoll set in the runtime's driver (the nested wait, and the
+/// probe that finds the driver's fd).
+fn watch_in_driver(
+    rt: &tokio::runtime::Runtime,
+    epoll: &Arc<EpollFd>,
+) -> std::io::Result<AsyncFd<SharedEpoll>> {
+    let _guard = rt.enter();
+    // SAFETY: the epoll fd is owned by the Arc inside, so it stays open and
+    // unchanged for as long as this registration lives.
+    let fd =
+        unsafe { AsyncFd::register_with_interest(SharedEpoll(epoll.clone()), Interest::READABLE) }?;
+    Ok(fd)
 }
 
 /// The driver's epoll fd, `registered` being registered in it: of the
@@ -390,12 +392,12 @@ mod tests {
     }
 
     #[test]
-    fn the_driver_fd_is_found_and_joins_our_set() {
-        let epoll = Arc::new(EpollFd::new().unwrap());
+    fn the_driver_fd_is_found_and_joins_our_set() -> std::io::Result<()> {
+        let epoll = Arc::new(EpollFd::new()?);
         let remote = Remote::new();
-        let driver = Driver::new(&epoll, false, &remote).unwrap();
+        let driver = Driver::new(&epoll, false, &remote)?;
         if std::env::var_os("TOKIOLOOP_NESTED_WAIT").is_some() {
-            return;
+            return Ok(());
         }
         assert_eq!(driver.mode_name(), "driver inside");
         // A wake-up through the runtime's waker reaches our set...
@@ -407,5 +409,6 @@ mod tests {
         // ...and after the runtime's turn the set is quiet again.
         assert_eq!(driver.take_driver_event(&mut buf, n), 0);
         assert_eq!(epoll.wait_now(&mut buf), 0);
+        Ok(())
     }
 }
