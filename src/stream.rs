@@ -67,6 +67,9 @@ const MAX_RECYCLE: usize = LARGE_READ;
 /// beyond (benchmarks/recv_vs_readv.c).
 const SPARE_COPY_MAX: usize = 8 * 1024;
 
+/// Room beyond the expected size in a stream reader's direct read.
+const STREAM_READ_SLACK: usize = 1024;
+
 /// Reads up to MAX_READ bytes into a bytes object of the exact size read.
 /// When a spare object is kept (`recycle`) and the read is exactly its size
 /// (the next message of request/response traffic), the spare is handed out
@@ -164,8 +167,11 @@ fn read_shared<'py>(
 
 /// What `read_into_stream_reader`'s read came to.
 enum ReaderRead {
-    /// This many bytes are in the bytearray (0: EOF).
-    Stored(usize),
+    /// `n` bytes are in the bytearray (0: EOF), of the `asked` the read had room for.
+    Stored {
+        n: usize,
+        asked: usize,
+    },
     /// Nothing read: the bytearray could not be grown first.
     Skipped,
     /// Read but not stored (the bytearray could not be grown after a recv).
@@ -1029,9 +1035,9 @@ impl StreamTransport {
     /// is all data_received would do with a bytes object (then wake the
     /// reader, pause past the limit, as there). Small reads (the last one at
     /// most SPARE_COPY_MAX) are copied in once from the shared buffer after a
-    /// recv(); bigger ones land in it directly, by a readv() into the
+    /// recv(); bigger ones land in it directly, by one recv() into the
     /// bytearray grown by the last read's size (or what FIONREAD says after
-    /// a large one) and the shared buffer for anything beyond. Either way one
+    /// a large one) plus a quarter and STREAM_READ_SLACK. Either way one
     /// copy fewer than a bytes object extended into the bytearray. None: not
     /// applicable, nothing read.
     fn read_into_stream_reader(
@@ -1064,7 +1070,10 @@ impl StreamTransport {
                     Err(e) => return ReaderRead::Io(e),
                 };
                 if n == 0 {
-                    return ReaderRead::Stored(0);
+                    return ReaderRead::Stored {
+                        n: 0,
+                        asked: MAX_READ,
+                    };
                 }
                 if resize(old + n).is_err() {
                     // An export holds the bytearray, or no memory: the Python
@@ -1076,7 +1085,7 @@ impl StreamTransport {
                     let dst = ffi::PyByteArray_AsString(ba).cast::<u8>().add(old);
                     std::ptr::copy_nonoverlapping(shared.as_ptr(), dst, n);
                 }
-                return ReaderRead::Stored(n);
+                return ReaderRead::Stored { n, asked: MAX_READ };
             }
             let mut want = last;
             if this.large_reads.load(Relaxed) {
@@ -1086,28 +1095,20 @@ impl StreamTransport {
                     want = avail as usize;
                 }
             }
-            let want = want.min(MAX_READ);
-            if resize(old + want).is_err() {
+            // One recv() with room to spare: a single buffer is cheaper for
+            // the kernel than readv's two pieces, and the slack takes a
+            // message that grew a little without leaving the fd unread. A
+            // fill means there may be more: the fd is not reported drained
+            // and the next read (sized by FIONREAD) picks it up.
+            let cap = (want + want / 4 + STREAM_READ_SLACK).min(MAX_READ);
+            if resize(old + cap).is_err() {
                 unsafe { ffi::PyErr_Clear() };
                 return ReaderRead::Skipped;
             }
-            let iov = [
-                libc::iovec {
-                    iov_base: unsafe { ffi::PyByteArray_AsString(ba).add(old) }.cast(),
-                    iov_len: want,
-                },
-                libc::iovec {
-                    iov_base: shared.as_mut_ptr().cast(),
-                    iov_len: MAX_READ - want,
-                },
-            ];
-            let n = loop {
-                let r = unsafe { libc::readv(this.fd, iov.as_ptr(), 2) };
-                if r >= 0 {
-                    break r as usize;
-                }
-                let e = last_err();
-                if e.raw_os_error() != Some(libc::EINTR) {
+            let dst = unsafe { ffi::PyByteArray_AsString(ba).cast::<u8>().add(old) };
+            let n = match this.sys_read(dst, cap) {
+                Ok(n) => n,
+                Err(e) => {
                     // Shrinking back: no failure that matters (the data is the old data).
                     if resize(old).is_err() {
                         unsafe { ffi::PyErr_Clear() };
@@ -1118,13 +1119,7 @@ impl StreamTransport {
             if let Err(e) = resize(old + n) {
                 return ReaderRead::Failed(e);
             }
-            if n > want {
-                unsafe {
-                    let dst = ffi::PyByteArray_AsString(ba).cast::<u8>().add(old + want);
-                    std::ptr::copy_nonoverlapping(shared.as_ptr(), dst, n - want);
-                }
-            }
-            ReaderRead::Stored(n)
+            ReaderRead::Stored { n, asked: cap }
         });
         const FAILED: &str = "Fatal error: protocol.data_received() call failed.";
         let n = match outcome {
@@ -1150,9 +1145,11 @@ impl StreamTransport {
                     Self::fatal_error(slf, PyErr::from(e), this.read_error_message())
                 });
             }
-            ReaderRead::Stored(n) => n,
+            ReaderRead::Stored { n, asked } => {
+                *drained = n < asked;
+                n
+            }
         };
-        *drained = n < MAX_READ;
         if n == 0 {
             return Some(Self::on_eof(slf));
         }
@@ -1161,7 +1158,9 @@ impl StreamTransport {
         if large {
             adapt_malloc_thresholds();
         }
-        this.large_reads.store(large, Relaxed);
+        // After a fill the next read asks FIONREAD how much is there, so a
+        // burst is caught up in one more read rather than growing by steps.
+        this.large_reads.store(large || !*drained, Relaxed);
         this.last_read.store(n, Relaxed);
         Some(
             match pyhelpers::guarded(|| crate::stream_reader::fed(&target.reader, &target.buffer)) {

@@ -419,3 +419,35 @@ def test_buffer_with_exports_after_reads_of_a_size(loop_factory, first):
     )
     assert reports == [("Fatal error: protocol.data_received() call failed.", "BufferError")]
     assert closing
+
+
+@pytest.mark.parametrize("before", [9000, 40_000])
+def test_burst_bigger_than_the_read_expects(loop_factory, before):
+    """A read sized by the last one (plus slack) fills up when a burst is
+    already waiting in the socket: the rest still arrives, whole and in order,
+    and a later small message after it too."""
+    import socket
+
+    loop = loop_factory()
+    ours, theirs = socket.socketpair()
+    # The burst is written while the loop does not run: it must fit.
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    theirs.settimeout(5)
+
+    async def main():
+        reader, writer = await asyncio.open_connection(sock=ours, limit=2**20)
+        theirs.sendall(_payload(3, before)[:before])
+        first = await reader.readexactly(before)
+        # Queued in full before the loop looks at the fd again.
+        burst = b"".join(_payload(i, 30_000)[:30_000] for i in range(5))
+        theirs.sendall(burst)
+        got = await asyncio.wait_for(reader.readexactly(len(burst)), 10)
+        theirs.sendall(b"tail")
+        tail = await asyncio.wait_for(reader.readexactly(4), 10)
+        writer.close()
+        return first == _payload(3, before)[:before], got == burst, tail
+
+    try:
+        assert run(loop, main()) == (True, True, b"tail")
+    finally:
+        theirs.close()
