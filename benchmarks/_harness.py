@@ -25,7 +25,10 @@ def get_loop_factory(name):
     "asyncio" is what asyncio.new_event_loop() returns on Unix, without the
     policy; "tokioloop+detector" is tokioloop with its blocking-call detector on;
     "tokioloop+nested" is tokioloop waiting the pre-0.8 way (TOKIOLOOP_NESTED_WAIT=1:
-    parked in tokio's block_on with the loop's epoll set nested in tokio's).
+    parked in tokio's block_on with the loop's epoll set nested in tokio's);
+    "tokioloop@base" is another build of tokioloop, imported from the directory
+    TOKIOLOOP_BASE_PATH names (a copy of python/ with its extension), for an A/B
+    of two builds in the same run.
     """
     if name == "asyncio":
         return asyncio.SelectorEventLoop
@@ -43,7 +46,25 @@ def get_loop_factory(name):
     if name == "tokioloop+nested":
         os.environ["TOKIOLOOP_NESTED_WAIT"] = "1"
         return importlib.import_module("tokioloop").new_event_loop
+    if name == "tokioloop@base":
+        return _base_build().new_event_loop
     raise ValueError(f"unknown loop {name!r}")
+
+
+def _base_build():
+    """tokioloop imported from TOKIOLOOP_BASE_PATH (in a process that has not
+    imported another tokioloop)."""
+    base = os.environ.get("TOKIOLOOP_BASE_PATH")
+    if not base:
+        raise ValueError("tokioloop@base needs TOKIOLOOP_BASE_PATH (a directory holding a "
+                         "tokioloop package with its extension)")
+    if "tokioloop" not in sys.modules:
+        sys.path.insert(0, os.path.abspath(base))
+    mod = importlib.import_module("tokioloop")
+    if not os.path.abspath(mod.__file__).startswith(os.path.abspath(base)):
+        raise RuntimeError(f"tokioloop@base has {mod.__file__}, not one from {base} "
+                           "(was tokioloop imported before?)")
+    return mod
 
 
 def loop_version(name, build_time=False):
@@ -51,6 +72,9 @@ def loop_version(name, build_time=False):
     (it is rebuilt often during development: say which build ran)."""
     if name == "asyncio":
         return platform.python_version()
+    if name == "tokioloop@base":
+        _base_build()
+        name = "tokioloop"
     if name in ("tokioloop+detector", "tokioloop+nested"):
         name = "tokioloop"
     mod = importlib.import_module(name)

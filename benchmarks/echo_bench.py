@@ -99,7 +99,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN_DIR = os.path.join(HERE, "loadgen")
 LOADGEN_BIN = os.path.join(LOADGEN_DIR, "target", "release", "loadgen")
 
-ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop", "tokioloop+nested"]
+ALL_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop", "tokioloop+nested", "tokioloop@base"]
 # Opt-in (--loops ...,tokioloop+nested): tokioloop's fallback wait, for an A/B
 # of the two ways the loop parks (src/driver.rs).
 DEFAULT_LOOPS = ["asyncio", "uvloop", "rloop", "tokioloop"]
@@ -920,6 +920,37 @@ def main(argv=None):
         out.append("")
         return out
 
+    def split_table():
+        """Median user and system (kernel) CPU per request of each server, from
+        utime and stime: a gap between two servers shows on one side or the
+        other (the kernel's share includes the loopback delivery a send does
+        for the receiving side)."""
+        names = [lp for lp in active] + (["tokio"] if has_ref else [])
+        head = ["size", "mode"] + ["plain tokio" if n == "tokio" else n for n in names]
+        out = ["### Server CPU per request split, µs: user + system (median of runs; "
+               "from utime/stime in clock ticks)", "",
+               "| " + " | ".join(head) + " |",
+               "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+        any_split = False
+        for size in sizes:
+            for mode in modes:
+                row = [fmt_size(size), MODE_LABELS[mode]]
+                for n in names:
+                    cell = results[size][mode].get(n)
+                    pairs = [((x["server_cpu_s"] - x["server_sys_cpu_s"]) * 1e6 / x["requests"],
+                              x["server_sys_cpu_s"] * 1e6 / x["requests"])
+                             for x in (cell or {}).get("samples", [])
+                             if x.get("server_sys_cpu_s") is not None and x.get("requests")]
+                    if pairs:
+                        any_split = True
+                        row.append(f"{statistics.median(u for u, _ in pairs):.2f} + "
+                                   f"{statistics.median(k for _, k in pairs):.2f}")
+                    else:
+                        row.append("n/a")
+                out.append("| " + " | ".join(row) + " |")
+        out.append("")
+        return out if any_split else []
+
     if has_tok:
         lines.append("Ratios are tokioloop's value divided by the other's: for req/s > 1 means "
                      "tokioloop is faster; for CPU/request < 1 means tokioloop uses less CPU. "
@@ -927,6 +958,7 @@ def main(argv=None):
         if not args.no_interleave:
             lines.append("")
             lines += paired_table()
+    lines += split_table()
 
     for size in sizes:
         for mode in modes:

@@ -21,7 +21,8 @@
 //!     (closed loop, as fast as the server goes).  Prints one JSON
 //!     object on stdout: requests, seconds, requests/s, latency percentiles
 //!     (microseconds), and, with --server-pid, the server's CPU time in the
-//!     window read from /proc/<pid>/stat (utime+stime, all threads) and from
+//!     window read from /proc/<pid>/stat (utime+stime, all threads; stime
+//!     alone as server_sys_cpu_s) and from
 //!     /proc/<pid>/task/*/schedstat (nanosecond run time, all threads), and
 //!     `cpu_busy`: each CPU's user+nice+system share of the window from
 //!     /proc/stat (minus the server's and loadgen's own shares = other load).
@@ -143,8 +144,17 @@ fn main() {
         }
         "client" => {
             args.check_known(&[
-                "host", "port", "conns", "size", "warmup", "duration", "requests", "rate",
-                "server-pid", "timeout", "udp",
+                "host",
+                "port",
+                "conns",
+                "size",
+                "warmup",
+                "duration",
+                "requests",
+                "rate",
+                "server-pid",
+                "timeout",
+                "udp",
             ]);
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, client(args))
@@ -227,7 +237,12 @@ enum Conn {
 
 /// One UDP round trip: send `msg`, wait for its echo (sent again after
 /// 200 ms without one, counted in `lost`).
-async fn udp_round_trip(sock: &UdpSocket, msg: &[u8], rbuf: &mut [u8], state: &State) -> io::Result<()> {
+async fn udp_round_trip(
+    sock: &UdpSocket,
+    msg: &[u8],
+    rbuf: &mut [u8],
+    state: &State,
+) -> io::Result<()> {
     loop {
         sock.send(msg).await?;
         match tokio::time::timeout(Duration::from_millis(200), sock.recv(rbuf)).await {
@@ -328,15 +343,15 @@ fn clk_tck() -> f64 {
     }
 }
 
-/// utime + stime of a process (all threads), seconds, from /proc/<pid>/stat.
-fn proc_stat_cpu(pid: u32) -> Option<f64> {
+/// (utime, stime) of a process (all threads), seconds, from /proc/<pid>/stat.
+fn proc_stat_cpu(pid: u32) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = after.split_whitespace().collect();
     // after ')' field 0 is `state` (field 3 of stat); utime is field 14, stime 15.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / clk_tck())
+    Some((utime as f64 / clk_tck(), stime as f64 / clk_tck()))
 }
 
 /// Sum of run time (ns resolution) of all threads of a process, seconds,
@@ -366,7 +381,9 @@ fn cpus_busy() -> Vec<f64> {
         if name.len() <= 3 || !name.starts_with("cpu") {
             continue;
         }
-        let Ok(idx) = name[3..].parse::<usize>() else { continue };
+        let Ok(idx) = name[3..].parse::<usize>() else {
+            continue;
+        };
         let v: Vec<u64> = f.take(3).filter_map(|x| x.parse().ok()).collect();
         if v.len() == 3 {
             if out.len() <= idx {
@@ -445,7 +462,9 @@ async fn client(args: Args) -> i32 {
                 u.connect((host.as_str(), port)).await?;
                 Ok(Conn::Udp(u))
             } else {
-                TcpStream::connect((host.as_str(), port)).await.map(Conn::Tcp)
+                TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map(Conn::Tcp)
             }
         })
         .await;
@@ -495,7 +514,10 @@ async fn client(args: Args) -> i32 {
     match requests {
         Some(_) => {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(remaining, state.done.notified()).await.is_err() {
+            if tokio::time::timeout(remaining, state.done.notified())
+                .await
+                .is_err()
+            {
                 timed_out = true;
             }
         }
@@ -532,10 +554,15 @@ async fn client(args: Args) -> i32 {
         timed_out = true;
     }
     if let Some(e) = errors.borrow().first() {
-        return fail(&format!("connection error: {e} ({} connection(s) failed)", errors.borrow().len()));
+        return fail(&format!(
+            "connection error: {e} ({} connection(s) failed)",
+            errors.borrow().len()
+        ));
     }
     if timed_out {
-        return fail(&format!("timed out (server stalled?) after {count} measured requests"));
+        return fail(&format!(
+            "timed out (server stalled?) after {count} measured requests"
+        ));
     }
     if count == 0 {
         return fail("no request completed in the measured window");
@@ -547,9 +574,9 @@ async fn client(args: Args) -> i32 {
         lat[i.min(lat.len() - 1)] as f64 / 1000.0
     };
     let mean = lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1000.0;
-    let srv_cpu = match (srv0, srv1) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
+    let (srv_cpu, srv_sys) = match (srv0, srv1) {
+        (Some(a), Some(b)) => (Some(b.0 + b.1 - a.0 - a.1), Some(b.1 - a.1)),
+        _ => (None, None),
     };
     let sch_cpu = match (sch0, sch1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -568,7 +595,7 @@ async fn client(args: Args) -> i32 {
          \"mbytes_per_s\": {mb}, \
          \"latency_us\": {{\"mean\": {mean}, \"p50\": {p50}, \"p90\": {p90}, \"p99\": {p99}, \
          \"p999\": {p999}, \"max\": {max}}}, \
-         \"server_cpu_s\": {scpu}, \"server_sched_cpu_s\": {ssch}, \
+         \"server_cpu_s\": {scpu}, \"server_sys_cpu_s\": {ssys}, \"server_sched_cpu_s\": {ssch}, \
          \"server_cpu_us_per_req\": {scpr}, \"server_sched_cpu_us_per_req\": {sschr}, \
          \"server_util\": {sutil}, \
          \"client_cpu_s\": {me}, \"client_util\": {cutil}, \
@@ -582,6 +609,7 @@ async fn client(args: Args) -> i32 {
         p999 = pct(99.9),
         max = *lat.last().unwrap() as f64 / 1000.0,
         scpu = opt_num(srv_cpu),
+        ssys = opt_num(srv_sys),
         ssch = opt_num(sch_cpu),
         scpr = opt_num(srv_cpu.map(|c| c * 1e6 / count as f64)),
         sschr = opt_num(sch_cpu.map(|c| c * 1e6 / count as f64)),
