@@ -475,13 +475,19 @@ impl StreamTransport {
     /// unrelated new socket: never touch it then (the stdlib gets EBADF from
     /// the closed object; we report the same).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
-        let sock = self
-            .inner
-            .borrow_mut(py)
-            .sock
-            .as_ref()
-            .map(|s| s.bind(py).clone());
-        transport_common::still_wraps_fd(sock, self.fd, self.raw_fd)
+        let inner = self.inner.borrow_mut(py);
+        let Some(sock) = inner.sock.as_ref() else {
+            return false;
+        };
+        if self.raw_fd {
+            // SAFETY: `raw_fd` says the object is a plain socket.socket whose
+            // fd can be read in place; `inner` keeps it alive, GIL held.
+            return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == self.fd;
+        }
+        // fileno() runs Python code: not under the borrow.
+        let sock = sock.bind(py).clone();
+        drop(inner);
+        transport_common::still_wraps_fd(Some(sock), self.fd, false)
     }
 
     fn ebadf() -> PyErr {
@@ -955,7 +961,7 @@ impl StreamTransport {
                     };
                 }
             }
-            if this.kind == Kind::Socket {
+            if this.kind == Kind::Socket && crate::stream_reader::may_be_plain(proto) {
                 if let Some(done) = Self::read_into_stream_reader(slf, proto, drained) {
                     return done;
                 }
@@ -1790,6 +1796,12 @@ impl StreamTransport {
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
         self.inner.borrow_mut(py).wbuf.len()
+    }
+
+    /// Bytes of the last read that went straight into a StreamReader's
+    /// bytearray (`read_into_stream_reader`); 0 if none did. For tests.
+    fn _last_reader_read(&self) -> usize {
+        self.last_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     #[pyo3(signature = (name, default=None))]

@@ -20,7 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyType};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// `_PyObject_GetMethod`: the lookup behind LOAD_METHOD. 1 and the plain
 /// function when `name` resolves to a method of the type that the instance
@@ -176,6 +176,22 @@ struct Originals {
 }
 
 static ORIGINALS: PyOnceLock<Option<Originals>> = PyOnceLock::new();
+
+/// StreamReaderProtocol's type object once `originals` resolved it (kept
+/// alive there), NO_PROTOCOL_TYPE if it could not be; null before. Lets a
+/// transport whose protocol is anything else skip `target` with one compare.
+static PROTOCOL_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+/// Matches no object's type (no object lives at that small, aligned address).
+const NO_PROTOCOL_TYPE: *mut ffi::PyTypeObject = std::ptr::dangling_mut();
+
+/// False when `proto` cannot be a plain StreamReaderProtocol (its type is
+/// not that class, or the fast path is unavailable): `target` would say None.
+#[inline]
+pub(crate) fn may_be_plain(proto: &Bound<'_, PyAny>) -> bool {
+    let ty = PROTOCOL_TYPE.load(Ordering::Relaxed);
+    // SAFETY: reading the type pointer of a live object.
+    ty.is_null() || ty == unsafe { ffi::Py_TYPE(proto.as_ptr()) }
+}
 static PRIVATE_API: PyOnceLock<Option<PrivateApi>> = PyOnceLock::new();
 
 fn private_api(py: Python<'_>) -> Option<&'static PrivateApi> {
@@ -202,7 +218,12 @@ fn originals(py: Python<'_>) -> Option<&Originals> {
                     api,
                 })
             };
-            load().ok()
+            let found = load().ok();
+            let ty = found.as_ref().map_or(NO_PROTOCOL_TYPE, |o| {
+                o.protocol.ty.as_ptr().cast::<ffi::PyTypeObject>()
+            });
+            PROTOCOL_TYPE.store(ty, Ordering::Relaxed);
+            found
         })
         .as_ref()
 }

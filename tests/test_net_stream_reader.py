@@ -117,6 +117,50 @@ def test_native_path_skips_python_frames(loop_factory):
         assert {"data_received", "feed_data"} <= native
 
 
+def test_socket_reads_go_straight_into_the_bytearray():
+    """On tokioloop a plain stream's socket reads land in the reader's
+    bytearray without a bytes object (the transport records their size);
+    a transport whose protocol is not a StreamReaderProtocol never does."""
+    import tokioloop
+
+    loop = tokioloop.new_event_loop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        server, reader, writer = await echo_pair(loop)
+        sizes = []
+        for size in (5000, 20_000):
+            writer.write(b"x" * size)
+            await reader.readexactly(size)
+            sizes.append(writer.transport._last_reader_read())
+        await close_pair(server, writer)
+
+        plain = await loop.create_server(Echo, HOST, 0)
+        port = plain.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, HOST, port)
+        transport.write(b"y" * 5000)
+        await asyncio.sleep(0.05)
+        other = transport._last_reader_read()
+        transport.close()
+        plain.close()
+        await plain.wait_closed()
+        return sizes, other
+
+    try:
+        sizes, other = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # The last read of each message: all of it, or its tail if it came in pieces.
+    assert all(0 < n <= size for n, size in zip(sizes, (5000, 20_000))), sizes
+    assert other == 0
+
+
 @pytest.mark.parametrize("target", ["reader.feed_data", "protocol.data_received"])
 def test_instance_attribute_replaces_method(loop_factory, target):
     loop = loop_factory()
