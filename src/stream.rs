@@ -343,24 +343,44 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// A borrowed view of any bytes-like object (bytes, bytearray, memoryview...).
+/// Holds a reference to the object, as a buffer export does.
 pub(crate) struct ByteView {
     view: ffi::Py_buffer,
+    /// An exact bytes object, read in place without the buffer protocol
+    /// (immutable, so no export is needed to keep its data still): only
+    /// `buf`, `len` and `obj` of `view` are set.
+    plain_bytes: bool,
 }
 
 impl ByteView {
     pub(crate) fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
         // SAFETY: Py_buffer is plain data filled in by PyObject_GetBuffer.
         let mut view: ffi::Py_buffer = unsafe { std::mem::zeroed() };
-        let flags = if writable {
-            ffi::PyBUF_WRITABLE
-        } else {
-            ffi::PyBUF_SIMPLE
-        };
-        // SAFETY: GIL held (we have a Bound); `view` is a valid out-parameter.
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut view, flags) } < 0 {
-            return Err(PyErr::fetch(obj.py()));
+        // SAFETY (both branches): GIL held (we have a Bound). An exact bytes
+        // object's data stays where it is, unchanged, while we hold a reference.
+        unsafe {
+            if !writable && ffi::PyBytes_CheckExact(obj.as_ptr()) != 0 {
+                view.buf = ffi::PyBytes_AsString(obj.as_ptr()).cast();
+                view.len = ffi::Py_SIZE(obj.as_ptr());
+                view.obj = ffi::Py_NewRef(obj.as_ptr());
+                return Ok(ByteView {
+                    view,
+                    plain_bytes: true,
+                });
+            }
+            let flags = if writable {
+                ffi::PyBUF_WRITABLE
+            } else {
+                ffi::PyBUF_SIMPLE
+            };
+            if ffi::PyObject_GetBuffer(obj.as_ptr(), &mut view, flags) < 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
         }
-        Ok(ByteView { view })
+        Ok(ByteView {
+            view,
+            plain_bytes: false,
+        })
     }
 
     fn len(&self) -> usize {
@@ -382,8 +402,15 @@ impl ByteView {
 
 impl Drop for ByteView {
     fn drop(&mut self) {
-        // SAFETY: releasing the view we obtained; the GIL is held wherever views live.
-        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+        // SAFETY: releasing the view (or the reference) we obtained; the GIL
+        // is held wherever views live.
+        unsafe {
+            if self.plain_bytes {
+                ffi::Py_DECREF(self.view.obj);
+            } else {
+                ffi::PyBuffer_Release(&mut self.view);
+            }
+        }
     }
 }
 

@@ -139,6 +139,31 @@ def test_large_transfer_both_ways(loop):
 # --------------------------------------------------------------- streams
 
 
+def test_write_keeps_no_reference_to_sent_data(loop):
+    """Data write() sent at once is not referenced afterwards (bytes, bytearray,
+    memoryview); data still queued at abort() is let go then."""
+
+    async def main():
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        counts = []
+        for data in (b"z" * 1000, bytearray(b"y" * 1000), memoryview(b"x" * 1000)):
+            before = sys.getrefcount(data)
+            for _ in range(10):
+                transport.write(data)
+            counts.append(sys.getrefcount(data) - before)
+        big = b"q" * 20_000_000  # more than the socket takes: partly queued
+        before = sys.getrefcount(big)
+        transport.write(big)
+        transport.abort()
+        await asyncio.sleep(0)
+        counts.append(sys.getrefcount(big) - before)
+        b.close()
+        return counts
+
+    assert run(loop, main()) == [0, 0, 0, 0]
+
+
 def test_streams_open_connection_start_server(loop):
     async def handle(reader, writer):
         while line := await reader.readline():
