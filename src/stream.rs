@@ -2157,8 +2157,10 @@ pub(crate) fn own_method<T: pyo3::PyTypeInfo>(
 /// `protocol.data_received(data)`, natively for a plain StreamReaderProtocol
 /// (`stream_reader`).
 fn call_data_received(proto: &Bound<'_, PyAny>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
-    if let Some(done) = crate::stream_reader::data_received(proto, data) {
-        return done;
+    if crate::stream_reader::may_be_plain(proto) {
+        if let Some(done) = crate::stream_reader::data_received(proto, data) {
+            return done;
+        }
     }
     let py = proto.py();
     pyhelpers::guarded(|| proto.call_method1(intern!(py, "data_received"), (data,))).map(drop)
