@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from net_helpers import HOST, run
+from net_helpers import HOST, EchoProtocol, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,13 +125,6 @@ def test_socket_reads_go_straight_into_the_bytearray():
 
     loop = tokioloop.new_event_loop()
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     async def main():
         server, reader, writer = await echo_pair(loop)
         sizes = []
@@ -141,7 +134,7 @@ def test_socket_reads_go_straight_into_the_bytearray():
             sizes.append(writer.transport._last_reader_read())
         await close_pair(server, writer)
 
-        plain = await loop.create_server(Echo, HOST, 0)
+        plain = await loop.create_server(EchoProtocol, HOST, 0)
         port = plain.sockets[0].getsockname()[1]
         transport, _ = await loop.create_connection(asyncio.Protocol, HOST, port)
         transport.write(b"y" * 5000)
