@@ -50,6 +50,22 @@ pub(crate) fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'p
     }
 }
 
+/// `obj` is exactly asyncio's C Future (`_asyncio.Future`), whose
+/// set_result() refuses a future that is not pending before doing anything.
+pub(crate) fn is_exact_c_future(obj: &Bound<'_, PyAny>) -> bool {
+    static C_FUTURE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+    let py = obj.py();
+    let ty = C_FUTURE.get_or_init(py, || {
+        py.import("_asyncio")
+            .and_then(|m| m.getattr("Future"))
+            .ok()
+            .map(Bound::unbind)
+    });
+    // SAFETY: reading the type pointer of a live object.
+    ty.as_ref()
+        .is_some_and(|t| unsafe { ffi::Py_TYPE(obj.as_ptr()) }.cast() == t.as_ptr())
+}
+
 fn loop_kwargs<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(lp.py());
     d.set_item(pyo3::intern!(lp.py(), "loop"), lp)?;

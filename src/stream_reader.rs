@@ -341,7 +341,17 @@ pub(crate) fn fed(reader: &Bound<'_, PyAny>, buffer: &Bound<'_, PyAny>) -> PyRes
     let waiter = reader.getattr(intern!(py, "_waiter"))?;
     if !waiter.is_none() {
         reader.setattr(intern!(py, "_waiter"), py.None())?;
-        if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        if crate::futures::is_exact_c_future(&waiter) {
+            // `if not waiter.cancelled(): waiter.set_result(None)` with one
+            // call in the common case: a C Future's set_result() fails, with
+            // no effect, on any future that is not pending; only then is
+            // cancelled() asked, and a cancelled waiter is left alone as there.
+            if let Err(e) = waiter.call_method1(intern!(py, "set_result"), (py.None(),)) {
+                if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+                    return Err(e);
+                }
+            }
+        } else if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
             waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
         }
     }

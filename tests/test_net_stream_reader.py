@@ -488,3 +488,36 @@ def test_burst_bigger_than_the_read_expects(loop_factory, before):
         assert run(loop, main()) == (True, True, b"tail")
     finally:
         theirs.close()
+
+
+@pytest.mark.parametrize("state", ["cancelled", "done"])
+def test_waiter_that_is_not_pending(loop_factory, state):
+    """feed_data wakes the reader's waiter only if it is not cancelled: a
+    cancelled one is left alone (the data stays buffered); one that already
+    has a result makes set_result() raise InvalidStateError, a fatal error of
+    the transport, as on the stdlib loop."""
+    loop = loop_factory()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(type(ctx.get("exception")).__name__))
+
+    async def main():
+        server, reader, writer = await echo_pair(loop)
+        waiter = loop.create_future()
+        if state == "cancelled":
+            waiter.cancel()
+        else:
+            waiter.set_result(1)
+        reader._waiter = waiter
+        writer.write(b"abc")
+        await asyncio.sleep(0.1)
+        after = reader._waiter
+        got = await asyncio.wait_for(reader.read(10), 1) if state == "cancelled" else None
+        closing = writer.transport.is_closing()
+        await close_pair(server, writer, failed=state == "done")
+        return after, got, closing
+
+    after, got, closing = run(loop, main())
+    if state == "cancelled":
+        assert (after, got, closing, errors) == (None, b"abc", False, [])
+    else:
+        assert (after, closing, errors) == (None, True, ["InvalidStateError"])
