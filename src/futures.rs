@@ -20,22 +20,33 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
-/// asyncio.futures' namespace and the C Future type it held at import.
-static FUTURES: PyOnceLock<(Py<PyDict>, Py<PyAny>)> = PyOnceLock::new();
+/// asyncio.futures' namespace.
+static FUTURES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+/// asyncio's C Future type (`_asyncio.Future`), None without the C module.
+static C_FUTURE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+
+fn c_future(py: Python<'_>) -> Option<&Py<PyAny>> {
+    C_FUTURE
+        .get_or_init(py, || {
+            py.import("_asyncio")
+                .and_then(|m| m.getattr("Future"))
+                .ok()
+                .map(Bound::unbind)
+        })
+        .as_ref()
+}
 
 pub(crate) fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyAny>> {
     let py = lp.py();
-    let (namespace, c_future) = FUTURES.get_or_try_init(py, || -> PyResult<_> {
-        let module = py.import("asyncio.futures")?;
-        let c_future = py.import("_asyncio")?.getattr("Future")?.unbind();
-        Ok((module.dict().unbind(), c_future))
+    let namespace = FUTURES.get_or_try_init(py, || -> PyResult<_> {
+        Ok(py.import("asyncio.futures")?.dict().unbind())
     })?;
     let namespace = namespace.bind(py);
     let Some(cls) = namespace.get_item(pyo3::intern!(py, "Future"))? else {
         // Deleted from the module: the AttributeError the stdlib's line raises.
         return py.import("asyncio.futures")?.getattr("Future");
     };
-    if !cls.is(c_future.bind(py)) {
+    if !c_future(py).is_some_and(|c| cls.is(c.bind(py))) {
         return cls.call((), Some(&loop_kwargs(lp)?));
     }
     let kwargs = cached_loop_kwargs(lp)?;
@@ -53,17 +64,8 @@ pub(crate) fn create_future<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'p
 /// `obj` is exactly asyncio's C Future (`_asyncio.Future`), whose
 /// set_result() refuses a future that is not pending before doing anything.
 pub(crate) fn is_exact_c_future(obj: &Bound<'_, PyAny>) -> bool {
-    static C_FUTURE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
-    let py = obj.py();
-    let ty = C_FUTURE.get_or_init(py, || {
-        py.import("_asyncio")
-            .and_then(|m| m.getattr("Future"))
-            .ok()
-            .map(Bound::unbind)
-    });
     // SAFETY: reading the type pointer of a live object.
-    ty.as_ref()
-        .is_some_and(|t| unsafe { ffi::Py_TYPE(obj.as_ptr()) }.cast() == t.as_ptr())
+    c_future(obj.py()).is_some_and(|t| unsafe { ffi::Py_TYPE(obj.as_ptr()) }.cast() == t.as_ptr())
 }
 
 fn loop_kwargs<'py>(lp: &Bound<'py, CoreLoop>) -> PyResult<Bound<'py, PyDict>> {

@@ -192,6 +192,7 @@ pub(crate) fn may_be_plain(proto: &Bound<'_, PyAny>) -> bool {
     // SAFETY: reading the type pointer of a live object.
     ty.is_null() || ty == unsafe { ffi::Py_TYPE(proto.as_ptr()) }
 }
+
 static PRIVATE_API: PyOnceLock<Option<PrivateApi>> = PyOnceLock::new();
 
 fn private_api(py: Python<'_>) -> Option<&'static PrivateApi> {
