@@ -507,14 +507,13 @@ impl StreamTransport {
             return false;
         };
         if self.raw_fd {
-            // SAFETY: `raw_fd` says the object is a plain socket.socket whose
-            // fd can be read in place; `inner` keeps it alive, GIL held.
-            return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == self.fd;
+            // SAFETY: `raw_fd` is has_raw_fd's answer for this object; GIL held.
+            return unsafe { transport_common::raw_fd_is(sock, self.fd) };
         }
         // fileno() runs Python code: not under the borrow.
         let sock = sock.bind(py).clone();
         drop(inner);
-        transport_common::still_wraps_fd(Some(sock), self.fd, false)
+        transport_common::fileno_is(&sock, self.fd)
     }
 
     fn ebadf() -> PyErr {
@@ -1094,10 +1093,12 @@ impl StreamTransport {
             Ok(())
         };
         let last = this.last_read.load(Relaxed);
-        let outcome = READ_BUF.with(|cell| {
-            let mut shared = cell.borrow_mut();
-            let shared = &mut shared[..MAX_READ];
-            if last <= SPARE_COPY_MAX {
+        // Small reads go through the shared buffer, then into the bytearray
+        // grown by exactly what came (see SPARE_COPY_MAX).
+        let small_read = || {
+            READ_BUF.with(|cell| {
+                let mut shared = cell.borrow_mut();
+                let shared = &mut shared[..MAX_READ];
                 let n = match this.sys_read(shared.as_mut_ptr(), MAX_READ) {
                     Ok(n) => n,
                     Err(e) => return ReaderRead::Io(e),
@@ -1118,8 +1119,10 @@ impl StreamTransport {
                     let dst = ffi::PyByteArray_AsString(ba).cast::<u8>().add(old);
                     std::ptr::copy_nonoverlapping(shared.as_ptr(), dst, n);
                 }
-                return ReaderRead::Stored { n, asked: MAX_READ };
-            }
+                ReaderRead::Stored { n, asked: MAX_READ }
+            })
+        };
+        let large_read = || {
             let mut want = last;
             if this.large_reads.load(Relaxed) {
                 let mut avail: libc::c_int = 0;
@@ -1153,7 +1156,12 @@ impl StreamTransport {
                 return ReaderRead::Failed(e);
             }
             ReaderRead::Stored { n, asked: cap }
-        });
+        };
+        let outcome = if last <= SPARE_COPY_MAX {
+            small_read()
+        } else {
+            large_read()
+        };
         const FAILED: &str = "Fatal error: protocol.data_received() call failed.";
         let n = match outcome {
             ReaderRead::Skipped => return None,

@@ -106,25 +106,27 @@ pub(crate) fn call_connection_lost(
     }
 }
 
-/// Whether the transport's socket object still wraps `fd`: once the user
+/// Whether a transport's socket object still wraps `fd`: once the user
 /// closed it the number may belong to another socket (the stdlib's calls on
-/// the closed object fail with EBADF; so do ours). `raw`: `sock` passed
-/// `sock_ops::has_raw_fd`, so the fd is read in place instead of calling
-/// fileno(). Takes a `Bound` (not a `Py`, whose drop checks for the GIL):
-/// this runs before every read and write.
-pub(crate) fn still_wraps_fd(
-    sock: Option<Bound<'_, PyAny>>,
-    fd: std::os::fd::RawFd,
-    raw: bool,
-) -> bool {
-    let Some(sock) = sock else { return false };
-    if raw {
-        // SAFETY: `raw` says the object is a plain socket.socket whose fd can
-        // be read in place; `sock` keeps it alive and the GIL is held.
-        return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == fd;
-    }
+/// the closed object fail with EBADF; so do ours). This runs before every
+/// read and write, so the transports ask in two steps: `raw` (the object
+/// passed `sock_ops::has_raw_fd`) reads the fd in place, with the
+/// transport's state still borrowed and no reference taken; otherwise
+/// `fileno_is` asks fileno(), which runs Python code, after the borrow.
+///
+/// # Safety
+/// `sock` passed `sock_ops::has_raw_fd` (a plain socket.socket) and the GIL
+/// is held.
+pub(crate) unsafe fn raw_fd_is(sock: &Py<PyAny>, fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: as the caller promises; the reference keeps the object alive.
+    unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) == fd }
+}
+
+/// `sock.fileno() == fd` (see `raw_fd_is`). Takes a `Bound` (not a `Py`,
+/// whose drop checks for the GIL).
+pub(crate) fn fileno_is(sock: &Bound<'_, PyAny>, fd: std::os::fd::RawFd) -> bool {
     matches!(
-        crate::sock_ops::fileno_of(&sock),
+        crate::sock_ops::fileno_of(sock),
         Ok(Some(f)) if f == fd as i64
     )
 }

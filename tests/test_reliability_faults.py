@@ -990,6 +990,57 @@ def test_socket_closed_under_transport_never_writes_to_a_reused_fd():
     assert tl == std
 
 
+def _datagram_closed_under_transport_scenario(loop):
+    """The same for a datagram transport: its socket closed directly, the fd
+    number reused by a new UDP socket. sendto() must report the error to
+    error_received (the stdlib's send on the closed object fails with
+    EBADF) and never send from the socket that now owns the number."""
+    out = {"errors": []}
+
+    async def main():
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind(("127.0.0.1", 0))
+
+        class P(asyncio.DatagramProtocol):
+            def error_received(self, exc):
+                out["errors"].append(type(exc).__name__)
+
+        t, _ = await loop.create_datagram_endpoint(P, sock=a)
+        fd = a.fileno()
+        a.close()
+        x = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the lowest free fd
+        x.bind(("127.0.0.1", 0))
+        out["fd_reused"] = x.fileno() == fd
+        t.sendto(b"SECRET", sink.getsockname())
+        await asyncio.sleep(0.05)
+        try:
+            out["sink_received"] = sink.recv(100).decode()
+        except BlockingIOError:
+            out["sink_received"] = None
+        t.abort()
+        await asyncio.sleep(0.01)
+        x.sendto(b"ok", sink.getsockname())  # the unrelated socket still works
+        await asyncio.sleep(0.01)
+        out["unrelated_socket_intact"] = sink.recv(10) == b"ok"
+        for s in (sink, x):
+            s.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    return out
+
+
+def test_datagram_socket_closed_under_transport_never_sends_from_a_reused_fd():
+    std, tl = _run_both(_datagram_closed_under_transport_scenario)
+    assert std["fd_reused"] and tl["fd_reused"]
+    assert std["sink_received"] is None
+    assert tl["sink_received"] is None, tl  # sent from another socket
+    assert tl["unrelated_socket_intact"]
+    assert tl == std
+
+
 # ---------------------------------------- finalizers re-entering the loop during GC
 
 _GC_REENTRY = r"""
