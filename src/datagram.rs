@@ -142,18 +142,11 @@ impl DatagramTransport {
     /// the number may belong to another socket (the stdlib's calls on the
     /// closed object fail with EBADF; so do ours).
     fn fd_still_ours(&self, py: Python<'_>) -> bool {
-        let inner = self.inner.borrow_mut(py);
-        let Some(sock) = inner.sock.as_ref() else {
-            return false;
-        };
-        if self.raw_fd {
-            // SAFETY: `raw_fd` is has_raw_fd's answer for this object; GIL held.
-            return unsafe { transport_common::raw_fd_is(sock, self.fd) };
+        let state = self.inner.borrow_mut(py);
+        // SAFETY: `raw_fd` is has_raw_fd's answer for this socket.
+        unsafe {
+            transport_common::still_wraps_fd(py, state, |i| i.sock.as_ref(), self.fd, self.raw_fd)
         }
-        // fileno() runs Python code: not under the borrow.
-        let sock = sock.bind(py).clone();
-        drop(inner);
-        transport_common::fileno_is(&sock, self.fd)
     }
 
     /// The C address for `addr` (cached by identity), or None.

@@ -109,22 +109,37 @@ pub(crate) fn call_connection_lost(
 /// Whether a transport's socket object still wraps `fd`: once the user
 /// closed it the number may belong to another socket (the stdlib's calls on
 /// the closed object fail with EBADF; so do ours). This runs before every
-/// read and write, so the transports ask in two steps: `raw` (the object
-/// passed `sock_ops::has_raw_fd`) reads the fd in place, with the
-/// transport's state still borrowed and no reference taken; otherwise
-/// `fileno_is` asks fileno(), which runs Python code, after the borrow.
+/// read and write: with `raw` (the object passed `sock_ops::has_raw_fd`) the
+/// fd is read in place while the transport's state is still borrowed, no
+/// reference taken; otherwise fileno(), which runs Python code, is asked
+/// after the borrow (`state`, from which `sock_of` picks the socket) ends.
 ///
 /// # Safety
-/// `sock` passed `sock_ops::has_raw_fd` (a plain socket.socket) and the GIL
-/// is held.
-pub(crate) unsafe fn raw_fd_is(sock: &Py<PyAny>, fd: std::os::fd::RawFd) -> bool {
-    // SAFETY: as the caller promises; the reference keeps the object alive.
-    unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) == fd }
+/// `raw` is true only if the socket in `state` passed `has_raw_fd` (a plain
+/// socket.socket).
+pub(crate) unsafe fn still_wraps_fd<S: std::ops::Deref>(
+    py: Python<'_>,
+    state: S,
+    sock_of: impl Fn(&S::Target) -> Option<&Py<PyAny>>,
+    fd: std::os::fd::RawFd,
+    raw: bool,
+) -> bool {
+    let Some(sock) = sock_of(&state) else {
+        return false;
+    };
+    if raw {
+        // SAFETY: a plain socket.socket (the caller's promise), alive while
+        // `state` holds it; GIL held.
+        return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == fd;
+    }
+    let sock = sock.bind(py).clone();
+    drop(state);
+    fileno_is(&sock, fd)
 }
 
-/// `sock.fileno() == fd` (see `raw_fd_is`). Takes a `Bound` (not a `Py`,
-/// whose drop checks for the GIL).
-pub(crate) fn fileno_is(sock: &Bound<'_, PyAny>, fd: std::os::fd::RawFd) -> bool {
+/// `sock.fileno() == fd`. Takes a `Bound` (not a `Py`, whose drop checks
+/// for the GIL).
+fn fileno_is(sock: &Bound<'_, PyAny>, fd: std::os::fd::RawFd) -> bool {
     matches!(
         crate::sock_ops::fileno_of(sock),
         Ok(Some(f)) if f == fd as i64
