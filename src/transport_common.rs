@@ -132,16 +132,11 @@ pub(crate) unsafe fn still_wraps_fd<S: std::ops::Deref>(
         // `state` holds it; GIL held.
         return unsafe { crate::sock_ops::raw_socket_fd(sock.as_ptr()) } == fd;
     }
+    // A `Bound`, not a `Py` (whose drop checks for the GIL).
     let sock = sock.bind(py).clone();
     drop(state);
-    fileno_is(&sock, fd)
-}
-
-/// `sock.fileno() == fd`. Takes a `Bound` (not a `Py`, whose drop checks
-/// for the GIL).
-fn fileno_is(sock: &Bound<'_, PyAny>, fd: std::os::fd::RawFd) -> bool {
     matches!(
-        crate::sock_ops::fileno_of(sock),
+        crate::sock_ops::fileno_of(&sock),
         Ok(Some(f)) if f == fd as i64
     )
 }
